@@ -1,0 +1,144 @@
+import subprocess
+import sys
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import zoo
+
+
+@pytest.fixture(scope="module")
+def data():
+    return zoo.datasets.load("yacht", split=0)
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return zoo.load("bnn", data=data, hidden=[5])
+
+
+def test_unknown_model_lists_close_matches():
+    with pytest.raises(zoo.ZooError, match="Did you mean 'bnn'"):
+        zoo.load("bnnn")
+
+
+def test_unknown_model_option_lists_the_options():
+    with pytest.raises(zoo.ZooError, match="Did you mean 'hidden'.*Its options:"):
+        zoo.load("bnn", hiden=[5])
+
+
+def test_unknown_backend_and_backend_option(model, data):
+    with pytest.raises(zoo.ZooError, match="Did you mean 'nuts'"):
+        zoo.fit(model, data.train, "nutz")
+    with pytest.raises(zoo.ZooError, match="Did you mean 'num_steps'"):
+        zoo.fit(model, data.train, "svi", num_step=3)
+
+
+def test_refused_backend_gives_the_reason():
+    @zoo.register_model("test-refuses", task="regression", refused={"nuts": "too many weights"})
+    def build():
+        def model(x, y=None):
+            with pyro.plate("data", x.shape[0]):
+                return pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+
+        return model
+
+    try:
+        with pytest.raises(zoo.ZooError, match="does not support backend 'nuts': too many weights"):
+            zoo.fit(zoo.load("test-refuses"), (torch.zeros(3, 1), torch.zeros(3)), "nuts")
+    finally:
+        zoo.unregister_model("test-refuses")
+
+
+def test_shape_and_dtype_mismatch(model, data):
+    x, y = data.train.args
+    with pytest.raises(zoo.ZooError, match="disagree on the number of rows"):
+        zoo.fit(model, (x, y[:-1]), "svi")
+    with pytest.raises(zoo.ZooError, match=r"shape \(points, 6\)"):
+        zoo.fit(model, (x[:, :4], y), "svi")
+    with pytest.raises(zoo.ZooError, match="expected numbers"):
+        zoo.fit(model, (np.array([["a"] * 6] * 3), np.zeros(3)), "svi")
+    with pytest.raises(zoo.ZooError, match="floating point"):
+        zoo.fit(model, (x.long(), y), "svi")
+
+
+def test_nan_and_inf_in_data(model, data):
+    x, y = data.train.args
+    x = x.clone()
+    x[3, 1] = float("nan")
+    with pytest.raises(zoo.ZooError, match=r"NaN or infinite values \(first rows \[3\]\)"):
+        zoo.fit(model, (x, y), "svi")
+    with pytest.raises(zoo.ZooError, match="NaN or infinite"):
+        zoo.fit(model, (data.train.x, torch.full_like(data.train.y, float("inf"))), "laplace")
+
+
+@pytest.mark.parametrize("num_samples", [0, -5])
+def test_num_samples_must_be_positive(model, data, num_samples):
+    with pytest.raises(zoo.ZooError, match="num_samples must be a positive integer"):
+        zoo.fit(model, data.train, "svi", num_samples=num_samples)
+
+
+def test_classifier_labels_out_of_range():
+    x, y = torch.randn(10, 2), torch.tensor([0, 1] * 5)
+    zm = zoo.load("bnn-classifier", data=(x, y), hidden=[3])
+    with pytest.raises(zoo.ZooError, match=r"labels must lie in \[0, 1\]"):
+        zoo.fit(zm, (x, y + 1), "svi")
+
+
+def test_corrupt_and_foreign_save_folders(model, data, tmp_path):
+    with pytest.raises(zoo.ZooError, match="holds no zoo.json"):
+        zoo.load_posterior(tmp_path)
+    (tmp_path / "zoo.json").write_text('{"format": "something-else"}')
+    with pytest.raises(zoo.ZooError, match="is not a zoo posterior"):
+        zoo.load_posterior(tmp_path)
+    post = zoo.fit(model, data.train, "svi", num_steps=5, num_samples=5)
+    folder = post.save(tmp_path / "run")
+    (folder / "samples.pt").write_bytes(b"not a torch file")
+    with pytest.raises(zoo.ZooError, match="corrupt"):
+        zoo.load_posterior(folder)
+
+
+def _flaky_model(fail_at: int, error):
+    calls = [0]
+
+    def model(x, y=None):
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise error
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("y", dist.Normal(b, 1.0), obs=y)
+
+    return model
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_finite_state():
+    x, y = torch.zeros(20, 1), torch.ones(20)
+    model = _flaky_model(12, ValueError("Expected parameter loc ... found invalid values"))
+    with pytest.raises(zoo.NonFiniteLossError, match="became nan at step") as err:
+        zoo.fit(model, (x, y), "svi", num_steps=100, lr=0.05, num_samples=10)
+    post = err.value.posterior
+    assert 5 <= len(post.loss) < 12 and torch.isfinite(post.flat_samples()["b"]).all()
+
+
+def test_interrupt_keeps_the_work_done():
+    x, y = torch.zeros(20, 1), torch.ones(20)
+    with pytest.warns(zoo.ZooWarning, match="interrupted at step"):
+        post = zoo.fit(_flaky_model(22, KeyboardInterrupt()), (x, y), "svi", num_steps=100, num_samples=10)
+    assert 15 <= len(post.loss) < 22 and post.flat_samples()["b"].shape == (10,)
+
+
+def test_laplace_refuses_a_dense_hessian_that_would_not_fit(model, data):
+    with pytest.raises(zoo.ZooError, match="use hessian='diag'"):
+        zoo.fit(model, data.train, "laplace", hessian="full", memory_limit_gb=1e-9)
+
+
+def test_cli_errors_are_one_line_and_exit_2():
+    result = subprocess.run([sys.executable, "-m", "zoo", "fit", "bnnn", "--data", "yacht"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "Did you mean 'bnn'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,61 @@
+"""Every backend against the closed-form posterior of a conjugate Bayesian linear regression."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import zoo
+
+NOISE, PRIOR = 0.5, 1.0
+
+
+@pytest.fixture(scope="module")
+def linear_model():
+    @zoo.register_model("test-conjugate-linear", task="regression", likelihood="Normal(x w, 0.5)")
+    def build(prior_scale: float = PRIOR):
+        def model(x, y=None):
+            w = pyro.sample("w", dist.Normal(0.0, prior_scale).expand([x.shape[-1]]).to_event(1))
+            with pyro.plate("data", x.shape[0]):
+                return pyro.sample("y", dist.Normal(x @ w, NOISE), obs=y)
+
+        return model
+
+    yield zoo.load("test-conjugate-linear")
+    zoo.unregister_model("test-conjugate-linear")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 2, generator=gen)
+    y = x @ torch.tensor([1.0, -0.5]) + NOISE * torch.randn(40, generator=gen)
+    precision = x.T @ x / NOISE**2 + torch.eye(2) / PRIOR**2
+    cov = torch.linalg.inv(precision)
+    return (x, y), cov @ x.T @ y / NOISE**2, cov.diagonal().sqrt()
+
+
+# backend, options, tolerance on the mean (in exact sds), relative tolerance on the sd
+CASES = [
+    ("svi", dict(guide="full-rank", num_steps=1500, lr=0.05, num_samples=4000), 0.15, 0.12),
+    ("laplace", dict(curvature="exact", num_steps=1500, lr=0.05, tune_prior=False, num_samples=4000),
+     0.05, 0.06),
+    ("nuts", dict(num_warmup=200, num_chains=2, num_samples=400), 0.25, 0.2),
+]
+
+
+@pytest.mark.parametrize("backend, options, mean_tol, sd_tol", CASES, ids=[c[0] for c in CASES])
+def test_backend_matches_exact_posterior(linear_model, problem, backend, options, mean_tol, sd_tol):
+    data, mean, sd = problem
+    post = zoo.fit(linear_model, data, backend, seed=0, **options)
+    draws = post.flat_samples()["w"]
+    assert ((draws.mean(0) - mean).abs() / sd).max() < mean_tol
+    assert ((draws.std(0) - sd).abs() / sd).max() < sd_tol
+
+
+def test_laplace_evidence_is_exact_for_a_gaussian_model(linear_model, problem):
+    (x, y), _, _ = problem
+    post = zoo.fit(linear_model, (x, y), "laplace", curvature="exact", tune_prior=False,
+                   num_steps=1500, lr=0.05, seed=0)
+    marginal = dist.MultivariateNormal(torch.zeros(40), x @ x.T * PRIOR**2 + NOISE**2 * torch.eye(40))
+    assert post.info["log_marginal_likelihood"] == pytest.approx(float(marginal.log_prob(y)), abs=1e-2)

@@ -1,0 +1,75 @@
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+import zoo
+from zoo._card import BACKENDS, TASKS
+
+
+def small_data(task):
+    x = torch.randn(24, 3)
+    y = torch.randint(0, 3, (24,)) if task == "classification" else torch.randn(24)
+    return x, y
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_card_schema(name):
+    card = zoo.card(name)
+    assert card.name == name and card.task in TASKS and card.family and card.likelihood
+    assert set(card.backends) <= set(BACKENDS) and card.default_guide in card.guides
+    assert all(reason for reason in card.refused.values())
+    assert name in card.describe()
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_every_guide_traces_against_its_model(name):
+    card = zoo.card(name)
+    x, y = small_data(card.task)
+    zm = zoo.load(name, data=(x, y), hidden=[4])
+    model_trace = poutine.trace(zm.model).get_trace(x, y)
+    latent = {n for n, s in model_trace.nodes.items()
+              if s["type"] == "sample" and not s["is_observed"] and n != "data"}
+    assert model_trace.nodes["y"]["value"].shape == (24,)
+    for guide_name in card.guides:
+        pyro.clear_param_store()
+        guide_trace = poutine.trace(zm.make_guide(guide_name)).get_trace(x, y)
+        drawn = {n for n, s in guide_trace.nodes.items()
+                 if s["type"] == "sample" and not s["infer"].get("is_auxiliary")}
+        assert latent <= drawn, f"{guide_name} misses {latent - drawn}"
+        for site in latent:
+            assert guide_trace.nodes[site]["value"].shape == model_trace.nodes[site]["value"].shape
+
+
+def test_load_records_config_that_rebuilds_the_model():
+    zm = zoo.load("bnn", in_features=5, hidden=[7, 3])
+    again = zoo.load("bnn", **zm.config)
+    assert again.config == zm.config and zm.name == "bnn"
+
+
+def test_register_bare_model_gets_every_backend():
+    @zoo.register_model("test-bare", task="regression", likelihood="Normal")
+    def build():
+        def model(x, y=None):
+            b = pyro.sample("b", pyro.distributions.Normal(0.0, 1.0))
+            with pyro.plate("data", x.shape[0]):
+                return pyro.sample("y", pyro.distributions.Normal(b + 0 * x[:, 0], 1.0), obs=y)
+
+        return model
+
+    try:
+        x, y = torch.randn(30, 1), torch.randn(30) + 2.0
+        zm = zoo.load("test-bare")
+        for backend, opts in [("svi", dict(num_steps=300, lr=0.05)), ("laplace", dict(num_steps=1000, lr=0.05)),
+                              ("nuts", dict(num_warmup=50, num_chains=1))]:
+            post = zoo.fit(zm, (x, y), backend, num_samples=100, seed=0, **opts)
+            exact = y.sum() / (1 + 30)  # posterior mean of b under N(0, 1) prior, unit noise
+            assert post.flat_samples()["b"].mean() == pytest.approx(float(exact), abs=0.1)
+            assert set(post.evaluate((x, y))) == {"rmse", "test_ll"}
+    finally:
+        zoo.unregister_model("test-bare")
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(zoo.ZooError, match="already registered"):
+        zoo.register_model("bnn")(lambda: None)

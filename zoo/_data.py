@@ -1,0 +1,83 @@
+"""Turning what the user hands to fit/predict into the model's positional arguments, checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._errors import ZooError
+
+
+@dataclass
+class Split:
+    """One standardised split: ``x``, ``y`` plus the scaling that maps them back to original units."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_mean: torch.Tensor | None = None
+    x_std: torch.Tensor | None = None
+    y_mean: float = 0.0
+    y_std: float = 1.0
+
+    @property
+    def args(self) -> tuple:
+        return (self.x, self.y)
+
+    @property
+    def y_original(self) -> torch.Tensor:
+        return self.y * self.y_std + self.y_mean
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __iter__(self):
+        return iter(self.args)
+
+
+def as_args(data, device=None, name: str = "data") -> tuple[tuple, tuple[float, float]]:
+    """The model arguments for ``data`` and the target scaling ``(y_mean, y_std)``.
+
+    A :class:`Split` gives ``(x, y)``; a tuple or list is passed through as it is; a single array is
+    one argument. Arrays become tensors; every tensor must be finite and all share their first
+    dimension (the data plate).
+    """
+    scale = (0.0, 1.0)
+    if isinstance(data, Split):
+        scale = (float(data.y_mean), float(data.y_std))
+        data = data.args
+    elif isinstance(data, (torch.Tensor, np.ndarray)):
+        data = (data,)
+    elif not isinstance(data, (tuple, list)):
+        raise ZooError(
+            f"{name} must be a Split (e.g. zoo.datasets.load(...).train), a tuple of arrays "
+            f"(x, y) with observations last, or an array; got {type(data).__name__}"
+        )
+    args = tuple(_as_tensor(a, i, name, device) for i, a in enumerate(data))
+    rows = {a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0}
+    if len(rows) > 1:
+        shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
+        raise ZooError(f"{name}: arrays disagree on the number of rows (shapes {shapes}); "
+                       "every array needs one row per data point")
+    return args, scale
+
+
+def _as_tensor(a, i: int, name: str, device):
+    if a is None or isinstance(a, (int, float, str, bool)):
+        return a
+    if isinstance(a, np.ndarray):
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise ZooError(f"{name}[{i}] has dtype {a.dtype}; expected numbers")
+        a = torch.from_numpy(a)
+    if not isinstance(a, torch.Tensor):
+        raise ZooError(f"{name}[{i}] is a {type(a).__name__}; expected a tensor or numpy array")
+    if a.dtype == torch.float64:
+        a = a.float()
+    if a.is_floating_point():
+        bad = ~torch.isfinite(a)
+        if bad.any():
+            rows = torch.nonzero(bad.reshape(a.shape[0], -1).any(-1)).flatten()[:5].tolist() if a.dim() else []
+            raise ZooError(f"{name}[{i}] contains {int(bad.sum())} NaN or infinite values "
+                           f"(first rows {rows}); drop or impute them before fitting")
+    return a.to(device) if device is not None else a

@@ -1,0 +1,94 @@
+"""ZooModel: a Pyro model and its guides travelling together, with the card that describes them."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pyro.infer.autoguide as ag
+from pyro.infer.autoguide.initialization import init_to_median
+
+from ._errors import ZooError, unknown_name
+
+
+def _autoguide(cls, **defaults):
+    def factory(zm: ZooModel, **options):
+        kwargs = {"init_loc_fn": zm.init_loc_fn, **defaults, **options}
+        try:
+            return cls(zm.model, **kwargs)
+        except TypeError as err:
+            raise ZooError(f"guide {cls.__name__}: bad option ({err})") from None
+
+    return factory
+
+
+# Guides any model gets: Pyro autoguides built from the model itself.
+GENERIC_GUIDES: dict[str, Callable] = {
+    "mean-field": _autoguide(ag.AutoNormal, init_scale=0.01),
+    "low-rank": _autoguide(ag.AutoLowRankMultivariateNormal, init_scale=0.01, rank=10),
+    "full-rank": _autoguide(ag.AutoMultivariateNormal, init_scale=0.01),
+    "delta": _autoguide(ag.AutoDelta),
+}
+
+
+class ZooModel:
+    """A Pyro model with its guides.
+
+    Parameters
+    ----------
+    model : callable
+        A Pyro model taking the data as positional arguments, observations last
+        (``model(x, y=None)``). Observations sit in ``pyro.plate("data", ...)``.
+    guide : callable, optional
+        The default guide. Without one, the card's default guide (an autoguide) is used.
+    guides : dict, optional
+        Extra named guide factories ``factory(zoo_model, **options) -> guide``.
+    config : dict, optional
+        JSON-serialisable keyword config that rebuilds this model with ``zoo.load(name, **config)``.
+    validate : callable, optional
+        ``validate(args)`` raising :class:`zoo.ZooError` for data this model cannot take.
+    fit_defaults : dict, optional
+        Per-backend default options, e.g. ``{"svi": {"lr": 1e-2}}``.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable | None = None,
+        *,
+        guides: dict[str, Callable] | None = None,
+        config: dict | None = None,
+        validate: Callable | None = None,
+        fit_defaults: dict[str, dict] | None = None,
+        init_loc_fn: Callable = init_to_median,
+        max_plate_nesting: int = 1,
+    ):
+        if not callable(model):
+            raise ZooError(f"model must be a callable Pyro model, got {type(model).__name__}")
+        self.model = model
+        self.guide = guide
+        self.guides = {**GENERIC_GUIDES, **(guides or {})}
+        self.config = config
+        self.validate = validate or (lambda args: None)
+        self.fit_defaults = fit_defaults or {}
+        self.init_loc_fn = init_loc_fn
+        self.max_plate_nesting = max_plate_nesting
+        self.name: str | None = None
+        self.card = None
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def make_guide(self, guide: str | Callable | None = None, **options) -> Callable:
+        """The guide called ``guide`` (default: the model's own, else the card's default)."""
+        if callable(guide):
+            return guide
+        if guide is None:
+            if self.guide is not None:
+                return self.guide
+            guide = self.card.default_guide if self.card else "mean-field"
+        if guide not in self.guides:
+            raise unknown_name("guide", guide, self.guides)
+        return self.guides[guide](self, **options)
+
+    def __repr__(self) -> str:
+        return f"ZooModel({self.name or getattr(self.model, '__name__', 'model')}, config={self.config})"

@@ -1,0 +1,124 @@
+"""The ``zoo`` command: list, info, fit, demo. User errors print one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from ._errors import ZooError
+
+
+def _key_values(pairs) -> dict:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ZooError(f"expected KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description="Bayesian deep learning model zoo on Pyro")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="registered models")
+    info = sub.add_parser("info", help="a model's card")
+    info.add_argument("model")
+    fit = sub.add_parser("fit", help="fit a model to a dataset split and write its posterior")
+    fit.add_argument("model")
+    fit.add_argument("--data", required=True, help="dataset name (zoo.datasets.list_datasets())")
+    fit.add_argument("--data-path", help="folder holding the dataset (else $ZOO_DATA, then shipped)")
+    fit.add_argument("--split", type=int, default=0)
+    fit.add_argument("--backend", default="svi", help="svi, laplace or nuts")
+    fit.add_argument("--out", default=None, help="output folder (default runs/MODEL-DATA-BACKEND)")
+    fit.add_argument("--num-samples", type=int, default=1000)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--device", default=None)
+    fit.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model config, e.g. hidden=[50]")
+    fit.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="backend options, e.g. num_steps=500")
+    demo = sub.add_parser("demo", help="the main job: bnn with svi, laplace and nuts on a shipped UCI set")
+    demo.add_argument("--data", default="yacht")
+    demo.add_argument("--split", type=int, default=0)
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--quick", action="store_true", help="a much shorter run, for smoke tests")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            from . import card, list_models
+
+            for name in list_models():
+                c = card(name)
+                print(f"{name:18s} {c.task:15s} {c.family:14s} backends: {', '.join(c.backends)}")
+        elif args.command == "info":
+            from . import card
+
+            print(card(args.model).describe())
+        elif args.command == "fit":
+            run_fit(args)
+        else:
+            from .demo import run_demo
+
+            run_demo(args.data, args.split, Path(args.out), quick=args.quick)
+        return 0
+    except ZooError as err:
+        print(f"zoo: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_fit(args) -> None:
+    import arviz as az
+
+    from . import datasets, fit, load
+    from .plots import predictive_plot, trace_plot
+
+    config, options = _key_values(args.set), _key_values(args.option)
+    data = datasets.load(args.data, split=args.split, **({"path": args.data_path} if args.data_path else {}))
+    model = load(args.model, data=data, **config)
+    out = Path(args.out or f"runs/{args.model}-{args.data}-{args.backend}")
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        post = fit(model, data.train, args.backend, num_samples=args.num_samples, seed=args.seed,
+                   device=args.device, progress=None, **options)
+    wall = time.perf_counter() - start
+    for w in caught:
+        print(f"zoo: warning: {w.message}", file=sys.stderr)
+    metrics = post.evaluate(data.test)
+    post.save(out)
+    idata = post.to_arviz(data.test)
+    idata.to_netcdf(str(out / "idata.nc"))
+    print(f"{args.model} on {args.data} split {args.split} with {args.backend}: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f", wall {wall:.1f} s")
+    small = [k for k, (shape, _) in post.sites.latent.items() if _numel(shape) <= 10]
+    if small:
+        print(az.summary(idata, var_names=small, kind="all" if post.num_chains > 1 else "stats"
+                         ).to_string())
+    if post.task == "regression":
+        predictive_plot(post.predict(data.test.x), data.test.y_original, out / "predictive.png",
+                        title=f"{args.model} / {args.backend} on {args.data}")
+    if args.backend == "nuts" and small:
+        trace_plot(idata, small, out / "trace.png")
+    if "interrupted" in post.info:
+        print(f"zoo: interrupted; saved the work done so far to {out}", file=sys.stderr)
+    print(f"wrote {out}/ (zoo.json, samples.pt, params.pt, posterior.nc, idata.nc, plots)")
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n

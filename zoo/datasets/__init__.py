@@ -1,0 +1,13 @@
+"""Datasets with standard splits, standardised on the training split, scaling kept.
+
+>>> import zoo
+>>> data = zoo.datasets.load("yacht", split=0)
+>>> data.train.x.shape[1], len(data.train) + len(data.test)
+(6, 308)
+"""
+
+from .._data import Split
+from ._registry import Dataset, list_datasets, load
+from . import uci  # noqa: F401  (registers the UCI sets)
+
+__all__ = ["Dataset", "Split", "list_datasets", "load"]

@@ -1,0 +1,11 @@
+"""Inference backends (svi, laplace, nuts), the Posterior they return, and zoo.fit."""
+
+from ._base import BACKENDS, Backend, FitResult
+from .fit import ZooWarning, fit
+from .laplace import Laplace
+from .mcmc import NUTS
+from .posterior import Posterior, Prediction
+from .svi import SVI
+
+__all__ = ["BACKENDS", "Backend", "FitResult", "Laplace", "NUTS", "Posterior", "Prediction", "SVI",
+           "ZooWarning", "fit"]

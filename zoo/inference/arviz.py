@@ -1,0 +1,49 @@
+"""Posterior -> arviz.InferenceData: the only place that knows ArviZ's API."""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import xarray as xr
+
+from .._data import as_args
+
+
+def to_inference_data(post, data=None) -> az.InferenceData:
+    """Groups: posterior, sample_stats and, given ``data``, posterior_predictive, log_likelihood
+    (pointwise, original units) and observed_data. Every array is shaped (chain, draw, ...)."""
+    chains, draws = post.num_chains, post.num_draws
+    posterior = {k: v.cpu().numpy() for k, v in post.samples.items()}
+    dims = {k: [f"{k}_dim_{i}" for i in range(v.dim() - 2)] for k, v in post.samples.items()}
+    groups = {"posterior": posterior}
+    stats = {k: v.cpu().numpy() for k, v in post.sample_stats.items()}
+    if stats:
+        groups["sample_stats"] = stats
+    coords = {}
+    if data is not None:
+        args, _ = as_args(data)
+        y_name = post.sites.observed[0]
+        log_lik = post.log_likelihood(args).cpu().numpy()
+        pred = post.predict(args[:-1])
+        shift, scale = post.target_scale
+        if pred.probs is not None:
+            replicated = post.trace(args)[0].nodes[y_name]["fn"].sample().cpu().numpy()
+            observed = args[-1].cpu().numpy()
+        else:
+            replicated = pred.samples.cpu().numpy()
+            observed = (args[-1] * scale + shift).cpu().numpy()
+        shape = (chains, draws, *replicated.shape[1:])
+        groups["posterior_predictive"] = {y_name: replicated.reshape(shape)}
+        groups["log_likelihood"] = {y_name: log_lik.reshape(chains, draws, *log_lik.shape[1:])}
+        groups["observed_data"] = {y_name: observed}
+        dims[y_name] = ["obs"]
+        coords["obs"] = np.arange(observed.shape[0])
+    idata = az.from_dict(**groups, coords=coords, dims=dims,
+                         attrs={"inference_library": "zoo", "method": post.method})
+    if post.loss:
+        loss = xr.DataArray(np.asarray(post.loss), dims=["step"], name="loss")
+        if hasattr(idata, "sample_stats"):
+            idata.sample_stats["loss"] = loss
+        else:
+            idata.add_groups(sample_stats=xr.Dataset({"loss": loss}))
+    return idata

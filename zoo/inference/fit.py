@@ -1,0 +1,82 @@
+"""zoo.fit: one entry point over every backend."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+
+import pyro
+import torch
+
+from .._data import as_args
+from .._errors import NonFiniteLossError, ZooError
+from .._model import ZooModel
+from ._base import Sites, check_positive, make_backend
+from .posterior import Posterior
+
+
+class ZooWarning(UserWarning):
+    """Something about a fit the user should look at (an unconverged MAP, an interrupted run)."""
+
+
+def fit(model, data, backend="svi", *, num_samples: int = 1000, seed: int | None = None,
+        device: str | None = None, progress: bool | None = None, **options) -> Posterior:
+    """Fit ``model`` to ``data`` with a backend; returns a :class:`Posterior`.
+
+    Parameters
+    ----------
+    model : ZooModel or callable
+        From ``zoo.load(name, ...)``, or a bare Pyro model ``model(*args)``.
+    data : Split or tuple
+        The model's positional arguments, observations last: a split is ``(x, y)``.
+    backend : {"svi", "laplace", "nuts"} or a backend object
+        Swapping inference is changing this one word.
+    num_samples : int
+        Posterior draws to keep (``nuts``: per chain).
+    seed : int, optional
+        Seeds Pyro, torch and numpy for a reproducible fit.
+    device : str, optional
+        ``"cuda"`` or ``"cpu"``; the data moves there and the model follows it.
+    **options
+        Options of the backend, e.g. ``num_steps=2000, guide="mc-dropout"`` for svi.
+
+    Examples
+    --------
+    >>> import zoo
+    >>> data = zoo.datasets.load("yacht", split=0)
+    >>> post = zoo.fit(zoo.load("bnn", data=data, hidden=[10]), data.train, num_steps=50, seed=0)
+    >>> sorted(post.evaluate(data.test))
+    ['rmse', 'test_ll']
+    """
+    zm = model if isinstance(model, ZooModel) else ZooModel(model)
+    options = {**zm.fit_defaults.get(backend if isinstance(backend, str) else "", {}), **options}
+    engine = make_backend(backend, options)
+    if zm.card is not None and engine.name in zm.card.refused:
+        raise ZooError(f"model {zm.name!r} does not support backend {engine.name!r}: "
+                       f"{zm.card.refused[engine.name]}")
+    check_positive("num_samples", num_samples)
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ZooError(f"device={device!r} but torch sees no CUDA device; use device='cpu'")
+    args, target_scale = as_args(data, device=device)
+    zm.validate(args)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    progress = sys.stderr.isatty() if progress is None else progress
+    sites = Sites.of(zm.model, args)
+    start = time.perf_counter()
+    result = engine.fit(zm, args, sites, num_samples=num_samples, progress=progress)
+    elapsed = time.perf_counter() - start
+    post = Posterior(zm, result.samples, method=engine.name, sites=sites,
+                     sample_stats=result.sample_stats, loss=result.loss, params=result.params,
+                     info=result.info, target_scale=target_scale, timings={"fit_s": elapsed},
+                     options=options)
+    for message in result.info.get("warnings", []):
+        warnings.warn(message, ZooWarning, stacklevel=2)
+    if "stopped" in result.info:
+        raise NonFiniteLossError(result.info["stopped"], posterior=post)
+    if "interrupted" in result.info:
+        warnings.warn(result.info["interrupted"] + "; the posterior holds the work done so far",
+                      ZooWarning, stacklevel=2)
+    return post

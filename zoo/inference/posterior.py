@@ -1,0 +1,231 @@
+"""Posterior: the one currency every backend returns. Predicts, evaluates, lands in ArviZ, saves."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+from pyro import poutine
+
+from .. import metrics
+from .._data import Split, as_args
+from .._errors import ZooError
+from ._base import Sites
+
+FORMAT = "zoo-posterior"
+VERSION = 1
+
+
+@dataclass
+class Prediction:
+    """Predictive summary in the data's original units.
+
+    Regression: ``mean``, ``std`` (total), ``epistemic_std`` (spread of the mean over draws) and
+    ``aleatoric_std`` (the likelihood's noise), ``samples`` of y (draws, points).
+    Classification: ``probs`` (points, classes) averaged over draws and ``draw_probs``.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor | None = None
+    epistemic_std: torch.Tensor | None = None
+    aleatoric_std: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+    draw_probs: torch.Tensor | None = None
+
+
+class Posterior:
+    """Draws ``site -> tensor[chain, draw, ...]`` of a fitted :class:`ZooModel`, plus diagnostics."""
+
+    def __init__(self, model, samples, *, method, sites: Sites, sample_stats=None, loss=None,
+                 params=None, info=None, target_scale=(0.0, 1.0), timings=None, options=None):
+        self.model = model
+        self.samples = samples
+        self.method = method
+        self.sites = sites
+        self.sample_stats = sample_stats or {}
+        self.loss = list(loss or [])
+        self.params = params or {}
+        self.info = info or {}
+        self.target_scale = tuple(float(v) for v in target_scale)
+        self.timings = timings or {}
+        self.options = options or {}
+
+    @property
+    def num_chains(self) -> int:
+        return next(iter(self.samples.values())).shape[0]
+
+    @property
+    def num_draws(self) -> int:
+        return next(iter(self.samples.values())).shape[1]
+
+    @property
+    def task(self) -> str:
+        card = self.model.card
+        return card.task if card is not None else "custom"
+
+    def flat_samples(self) -> dict[str, torch.Tensor]:
+        """Draws with chains merged: ``site -> tensor[chain * draw, ...]``."""
+        return {k: v.reshape(-1, *v.shape[2:]) for k, v in self.samples.items()}
+
+    def trace(self, data) -> tuple[poutine.Trace, tuple]:
+        """The model run once over every draw (a vectorised plate), conditioned on ``data``."""
+        args, _ = as_args(data, device=self._device())
+        self.model.validate(args)
+        flat = self.flat_samples()
+        draws = next(iter(flat.values())).shape[0]
+        mpn = self.model.max_plate_nesting
+        cond = {}
+        for name, (shape, event_dim) in self.sites.latent.items():
+            pad = mpn - (len(shape) - event_dim)
+            cond[name] = flat[name].reshape(draws, *([1] * pad), *shape)
+        with torch.no_grad(), pyro.plate("_draws", draws, dim=-mpn - 1):
+            trace = poutine.trace(poutine.condition(self.model.model, cond)).get_trace(*args)
+        return trace, args
+
+    def _device(self):
+        return next(iter(self.samples.values())).device
+
+    def _observed(self, trace):
+        if len(self.sites.observed) != 1:
+            raise ZooError(f"predict/evaluate need one observed site, the model has {self.sites.observed}")
+        return trace.nodes[self.sites.observed[0]]
+
+    def predict(self, x) -> Prediction:
+        """Predictive mean and spread at inputs ``x`` (one batched pass over all draws).
+
+        ``x`` is the model's arguments without the observations: an array, or a tuple.
+        """
+        args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        trace, _ = self.trace((*args, None))
+        site = self._observed(trace)
+        fn = site["fn"]
+        if self._is_classifier(fn):
+            draw_probs = fn.probs
+            return Prediction(mean=draw_probs.mean(0).argmax(-1), probs=draw_probs.mean(0),
+                              draw_probs=draw_probs)
+        shift, scale = self.target_scale
+        samples = site["value"] * scale + shift
+        try:
+            means, variances = fn.mean * scale + shift, fn.variance * scale**2
+        except NotImplementedError:
+            return Prediction(mean=samples.mean(0), std=samples.std(0), samples=samples)
+        means, variances = means.expand(samples.shape), variances.expand(samples.shape)
+        epistemic = means.var(0, unbiased=False)
+        aleatoric = variances.mean(0)
+        return Prediction(mean=means.mean(0), std=(epistemic + aleatoric).sqrt(),
+                          epistemic_std=epistemic.sqrt(), aleatoric_std=aleatoric.sqrt(),
+                          samples=samples)
+
+    def log_likelihood(self, data) -> torch.Tensor:
+        """Pointwise log p(y_i | theta_s) in original units, shape (draws, points)."""
+        trace, args = self.trace(data)
+        site = self._observed(trace)
+        log_lik = site["fn"].log_prob(site["value"])
+        if not self._is_classifier(site["fn"]):
+            log_lik = log_lik - math.log(self.target_scale[1])
+        return log_lik
+
+    def evaluate(self, data) -> dict[str, float]:
+        """Test metrics: ``rmse``, ``test_ll`` (regression) or ``accuracy``, ``nll``, ``ece``, ``brier``.
+
+        ``test_ll`` is the per-point log of the predictive density, log-mean-exp over draws, in
+        the data's original units, as in Hernandez-Lobato & Adams (2015) and Gal & Ghahramani (2016).
+        """
+        args, (shift, scale) = as_args(data)
+        if isinstance(data, Split) and (shift, scale) != self.target_scale:
+            raise ZooError("evaluate: the data's target scaling differs from the training split's; "
+                           "evaluate on a split of the same dataset load")
+        log_lik = self.log_likelihood(args)
+        test_ll = float((torch.logsumexp(log_lik, 0) - math.log(log_lik.shape[0])).mean())
+        pred = self.predict(args[:-1])
+        y = args[-1]
+        if pred.probs is not None:
+            return {"accuracy": metrics.accuracy(pred.probs, y), "nll": -test_ll,
+                    "ece": metrics.ece(pred.probs, y), "brier": metrics.brier(pred.probs, y)}
+        y_orig = y * self.target_scale[1] + self.target_scale[0]
+        return {"rmse": metrics.rmse(pred.mean, y_orig), "test_ll": test_ll}
+
+    @staticmethod
+    def _is_classifier(fn) -> bool:
+        return hasattr(fn, "probs") and isinstance(fn, pyro.distributions.Categorical)
+
+    def to_arviz(self, data=None):
+        """An ``arviz.InferenceData``; with ``data``, also predictive, log likelihood and observations."""
+        from .arviz import to_inference_data
+
+        return to_inference_data(self, data)
+
+    def save(self, path) -> Path:
+        """Write the posterior to folder ``path``: zoo.json, samples.pt, params.pt, posterior.nc."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT, "version": VERSION, "model": self.model.name, "config": self.model.config,
+            "method": self.method, "options": self.options, "target_scale": self.target_scale,
+            "sites": {"latent": {k: [list(s), e] for k, (s, e) in self.sites.latent.items()},
+                      "observed": self.sites.observed},
+            "loss": self.loss, "info": _jsonable(self.info), "timings": self.timings,
+        }
+        if self.model.name is None:
+            raise ZooError("save: only registered models can be saved; register it with "
+                           "@zoo.register_model so load_posterior can rebuild it")
+        (path / "zoo.json").write_text(json.dumps(meta, indent=1))
+        torch.save({"samples": _cpu(self.samples), "sample_stats": _cpu(self.sample_stats)},
+                   path / "samples.pt")
+        torch.save(_cpu(self.params), path / "params.pt")
+        self.to_arviz().to_netcdf(str(path / "posterior.nc"))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Posterior":
+        """Read a folder written by :meth:`save` (no training data needed, nothing unpickled)."""
+        from .. import _registry
+
+        path = Path(path)
+        meta_file = path / "zoo.json"
+        if not meta_file.is_file():
+            raise ZooError(f"load_posterior: {path} holds no zoo.json; is it a folder written by "
+                           "Posterior.save?")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ZooError(f"load_posterior: {meta_file} is not valid JSON ({err}); the save is corrupt")
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise ZooError(f"load_posterior: {path} is not a zoo posterior of version {VERSION} "
+                           f"(found format={meta.get('format')!r}, version={meta.get('version')!r})")
+        try:
+            stored = torch.load(path / "samples.pt", weights_only=True)
+            params = torch.load(path / "params.pt", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file means a corrupt save
+            raise ZooError(f"load_posterior: cannot read the tensors in {path} ({err}); "
+                           "the save is corrupt or incomplete") from None
+        model = _registry.load(meta["model"], **meta["config"])
+        sites = Sites({k: (tuple(s), e) for k, (s, e) in meta["sites"]["latent"].items()},
+                      meta["sites"]["observed"])
+        return cls(model, stored["samples"], method=meta["method"], sites=sites,
+                   sample_stats=stored["sample_stats"], loss=meta["loss"], params=params,
+                   info=meta["info"], target_scale=meta["target_scale"], timings=meta["timings"],
+                   options=meta["options"])
+
+    def __repr__(self) -> str:
+        return (f"Posterior({self.model.name}, method={self.method!r}, chains={self.num_chains}, "
+                f"draws={self.num_draws})")
+
+
+def _cpu(tensors: dict) -> dict:
+    return {k: v.detach().cpu() for k, v in tensors.items()}
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

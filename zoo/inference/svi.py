@@ -1,0 +1,154 @@
+"""Stochastic variational inference: minibatches, vectorised particles, a schedule, a guarded loop."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import zero_grads
+
+from .._errors import ZooError
+from ._base import (DATA_PLATE, FitResult, MinibatchIndices, check_positive, draw_from_guide, lr_gamma,
+                    register_backend)
+from ._progress import progress_bar
+
+ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
+
+
+@register_backend
+@dataclass
+class SVI:
+    """Stochastic variational inference with the model's guide (``guide=`` picks another).
+
+    Parameters
+    ----------
+    guide : str or callable, optional
+        A guide name from the model's card (``"mean-field"``, ``"low-rank"``, ``"mc-dropout"`` ...)
+        or a guide callable. Default: the model's default guide.
+    num_steps, num_epochs : int, optional
+        Length of training; ``num_epochs`` counts passes over the data. Default 2,000 steps.
+    batch_size : int, optional
+        Minibatch size via ``pyro.plate("data", subsample=...)``; default full batch.
+    lr, lr_decay : float
+        Adam learning rate, decayed exponentially to ``lr * lr_decay`` by the last step.
+    optimizer : {"adam", "clipped_adam"}
+    elbo : {"trace", "meanfield"}
+        ``Trace_ELBO`` or ``TraceMeanField_ELBO`` (analytic KL where available).
+    num_particles : int
+        Monte Carlo samples per step, vectorised.
+    """
+
+    name: ClassVar[str] = "svi"
+    guide: str | Callable | None = None
+    guide_options: dict = field(default_factory=dict)
+    num_steps: int | None = None
+    num_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float = 1e-2
+    lr_decay: float = 0.1
+    optimizer: str = "adam"
+    clip_norm: float = 10.0
+    elbo: str = "trace"
+    num_particles: int = 1
+
+    def fit(self, zm, args, sites, *, num_samples, progress) -> FitResult:
+        if self.elbo not in ELBOS:
+            raise ZooError(f"svi: elbo must be one of {sorted(ELBOS)}, got {self.elbo!r}")
+        if self.optimizer not in ("adam", "clipped_adam"):
+            raise ZooError(f"svi: optimizer must be 'adam' or 'clipped_adam', got {self.optimizer!r}")
+        check_positive("svi: lr", self.lr, integer=False)
+        check_positive("svi: num_particles", self.num_particles)
+        n = args[0].shape[0]
+        batch = MinibatchIndices()
+        batch_size = n if self.batch_size is None else min(self.batch_size, n)
+        check_positive("svi: batch_size", batch_size)
+        num_steps = self._num_steps(n, batch_size)
+        guide = zm.make_guide(self.guide, **self.guide_options)
+        model = batch(zm.model) if batch_size < n else zm.model
+        guide_run = batch(guide) if batch_size < n else guide
+        elbo = ELBOS[self.elbo](num_particles=self.num_particles, vectorize_particles=self.num_particles > 1,
+                                max_plate_nesting=zm.max_plate_nesting)
+        optim = self._optimizer(num_steps)
+        if batch_size < n:
+            _check_subsampling(model, args, batch, batch_size)
+
+        losses, info = [], {"num_steps": num_steps, "batch_size": batch_size}
+        order = torch.randperm(n, device=args[0].device)
+        bar = progress_bar(num_steps, "svi", progress)
+        try:
+            for step in range(num_steps):
+                if batch_size < n:
+                    start = (step * batch_size) % n
+                    if start + batch_size > n:
+                        order, start = torch.randperm(n, device=args[0].device), 0
+                    batch.indices = order[start:start + batch_size]
+                with poutine.trace(param_only=True) as params:
+                    try:
+                        loss = elbo.loss_and_grads(model, guide_run, *args)
+                    except ValueError as err:  # a distribution built from NaN parameters
+                        if "invalid values" not in str(err):
+                            raise
+                        loss = math.nan
+                unconstrained = {site["value"].unconstrained() for site in params.trace.nodes.values()}
+                if not math.isfinite(loss):
+                    zero_grads(unconstrained)
+                    info["stopped"] = (f"svi: the ELBO loss became {loss} at step {step}; kept the last "
+                                       "finite state. Lower lr, standardise the data, or use "
+                                       "optimizer='clipped_adam'")
+                    break
+                optim(unconstrained)
+                zero_grads(unconstrained)
+                if isinstance(optim, pyro.optim.PyroLRScheduler):
+                    optim.step()
+                losses.append(loss / n)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{loss / n:.4g}")
+                bar.update()
+        except KeyboardInterrupt:
+            info["interrupted"] = f"svi: interrupted at step {len(losses)} of {num_steps}"
+        finally:
+            bar.close()
+        info["steps_done"] = len(losses)
+        samples = draw_from_guide(guide, args, sites, num_samples, zm.max_plate_nesting)
+        params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+        return FitResult({k: v.unsqueeze(0) for k, v in samples.items()}, loss=losses, params=params,
+                         info=info)
+
+    def _num_steps(self, n, batch_size):
+        if self.num_steps is not None and self.num_epochs is not None:
+            raise ZooError("svi: give num_steps or num_epochs, not both")
+        if self.num_epochs is not None:
+            check_positive("svi: num_epochs", self.num_epochs)
+            return self.num_epochs * math.ceil(n / batch_size)
+        steps = 2000 if self.num_steps is None else self.num_steps
+        check_positive("svi: num_steps", steps)
+        return steps
+
+    def _optimizer(self, num_steps):
+        gamma = lr_gamma(self.lr_decay, num_steps)
+        if self.optimizer == "clipped_adam":
+            return pyro.optim.ClippedAdam({"lr": self.lr, "lrd": gamma, "clip_norm": self.clip_norm})
+        return pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": self.lr},
+                                         "gamma": gamma})
+
+
+def _check_subsampling(model, args, batch, batch_size):
+    """Fail early, with the fix, when a model ignores the indices of plate 'data'."""
+    batch.indices = torch.arange(batch_size, device=args[0].device)
+    try:
+        with torch.no_grad():
+            trace = poutine.trace(model).get_trace(*args)
+        sizes = {s["value"].shape[f.dim] for s in trace.nodes.values()
+                 if s["type"] == "sample" and s["is_observed"]
+                 for f in s["cond_indep_stack"] if f.name == DATA_PLATE}
+    except (ValueError, RuntimeError) as err:
+        sizes = {str(err)}
+    if sizes != {batch_size}:
+        raise ZooError("svi: batch_size needs a model whose observations sit in "
+                       "`with pyro.plate('data', len(x)) as idx:` and index the data with idx "
+                       "(x[idx], y[idx]); this model does not, so leave batch_size=None")

@@ -1,0 +1,159 @@
+"""Bayesian MLPs: ``bnn`` (regression) and ``bnn-classifier`` (categorical likelihood)."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.infer.autoguide.initialization import init_to_median
+
+from .._data import Split
+from .._errors import ZooError
+from .._model import ZooModel
+from .._registry import register_model
+from .layers import ACTIVATIONS, layer_sizes, lecun_normal, mc_dropout_guide, mlp_forward, sample_weights
+
+GUIDES = ("mean-field", "low-rank", "full-rank", "delta", "mc-dropout")
+PAPERS = ("Blundell et al. 2015, Weight Uncertainty in Neural Networks; "
+          "Gal & Ghahramani 2016, Dropout as a Bayesian Approximation")
+
+
+class BayesianMLP:
+    """A Pyro model: Gaussian priors on every weight, then a Gaussian or categorical likelihood.
+
+    Regression: ``y ~ Normal(f(x), precision^-1/2)`` with ``precision ~ Gamma(a, b)`` (or a fixed
+    ``noise_scale``). Classification: ``y ~ Categorical(logits=f(x))``. The latent function is
+    recorded as the deterministic site ``f`` (regression) or ``logits``.
+    """
+
+    def __init__(self, sizes, activation, prior_scale, task, precision_prior, noise_scale):
+        self.sizes = sizes
+        self.activation = ACTIVATIONS[activation]
+        self.prior_scale = prior_scale
+        self.task = task
+        self.precision_prior = precision_prior
+        self.noise_scale = noise_scale
+
+    def __call__(self, x, y=None):
+        layers = sample_weights(self.sizes, self.prior_scale, x.device)
+        if self.task == "regression":
+            if self.noise_scale is None:
+                a, b = (torch.tensor(float(v), device=x.device) for v in self.precision_prior)
+                sigma = pyro.sample("precision", dist.Gamma(a, b)).rsqrt()
+            else:
+                sigma = torch.tensor(float(self.noise_scale), device=x.device)
+        with pyro.plate("data", x.shape[0]) as idx:
+            out = mlp_forward(x[idx], layers, self.activation)
+            obs = None if y is None else y[idx]
+            if self.task == "regression":
+                f = pyro.deterministic("f", out[..., 0])
+                return pyro.sample("y", dist.Normal(f, sigma), obs=obs)
+            logits = pyro.deterministic("logits", out, event_dim=1)
+            return pyro.sample("y", dist.Categorical(logits=logits), obs=obs)
+
+
+def _infer_sizes(data, in_features, out_features, task):
+    if data is None:
+        if in_features is None:
+            raise ZooError("bnn: give data= (a dataset or split) or in_features= to size the network")
+        return in_features, out_features
+    split = getattr(data, "train", data)
+    x, y = (split.x, split.y) if isinstance(split, Split) else tuple(split)[:2]
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if x.dim() != 2:
+        raise ZooError(f"bnn: data x must be 2-D (points, features), got shape {tuple(x.shape)}")
+    if task == "classification" and out_features is None:
+        out_features = int(y.max()) + 1
+    return x.shape[1], out_features
+
+
+def _validator(in_features: int, task: str, num_classes: int):
+    def validate(args):
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise ZooError("bnn: expected data (x, y) or x with x a tensor of shape (points, features)")
+        x = args[0]
+        if x.dim() != 2 or x.shape[1] != in_features:
+            raise ZooError(f"bnn: x must have shape (points, {in_features}) as the network was built "
+                           f"for {in_features} features; got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ZooError(f"bnn: x must be floating point, got {x.dtype}")
+        y = args[1] if len(args) > 1 else None
+        if y is None:
+            return
+        if y.dim() != 1:
+            raise ZooError(f"bnn: y must be 1-D (one target per point), got shape {tuple(y.shape)}")
+        if task == "regression" and not y.is_floating_point():
+            raise ZooError(f"bnn: regression targets y must be floating point, got {y.dtype}")
+        if task == "classification":
+            if y.is_floating_point() and not torch.equal(y, y.round()):
+                raise ZooError("bnn-classifier: y must hold integer class labels, got fractional values")
+            if y.min() < 0 or y.max() >= num_classes:
+                raise ZooError(f"bnn-classifier: labels must lie in [0, {num_classes - 1}], "
+                               f"got range [{int(y.min())}, {int(y.max())}]")
+
+    return validate
+
+
+def _init_loc(site):
+    name = site["name"]
+    if name.startswith("w") and name[1:].isdigit():
+        shape = site["fn"].event_shape
+        return lecun_normal(shape, shape[-1], site["fn"].mean.device)
+    if name.startswith("b") and name[1:].isdigit():
+        return torch.zeros_like(site["fn"].mean)
+    return init_to_median(site)
+
+
+def _build(task, data, in_features, out_features, hidden, activation, prior_scale,
+           precision_prior, noise_scale, dropout):
+    if activation not in ACTIVATIONS:
+        raise ZooError(f"bnn: unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    if prior_scale <= 0:
+        raise ZooError(f"bnn: prior_scale must be positive, got {prior_scale}")
+    in_features, out_features = _infer_sizes(data, in_features, out_features, task)
+    hidden = [int(h) for h in hidden]
+    sizes = layer_sizes(in_features, hidden, out_features)
+    net = BayesianMLP(sizes, activation, prior_scale, task, precision_prior, noise_scale)
+    learns_noise = task == "regression" and noise_scale is None
+    extra = {"precision": (10.0, constraints.positive)} if learns_noise else {}
+
+    def dropout_guide(zm, p: float = dropout):
+        return mc_dropout_guide("mc_dropout", sizes, p, extra)
+
+    config = dict(in_features=in_features, hidden=hidden, activation=activation,
+                  prior_scale=prior_scale, dropout=dropout)
+    if task == "regression":
+        config.update(precision_prior=list(precision_prior), noise_scale=noise_scale)
+    else:
+        config.update(out_features=out_features)
+    return ZooModel(
+        net, guides={"mc-dropout": dropout_guide}, config=config, init_loc_fn=_init_loc,
+        validate=_validator(in_features, task, out_features),
+        fit_defaults={"laplace": {"curvature": "fisher", "hessian": "diag"}},
+    )
+
+
+@register_model("bnn", task="regression", family="bayesian-mlp",
+                likelihood="Normal(f(x), precision^-1/2), precision ~ Gamma(1, 0.01) by default",
+                default_guide="mean-field", guides=GUIDES, paper=PAPERS,
+                notes="Set data= to size the input layer; dropout= is the MC dropout guide's p.")
+def bnn(*, data=None, in_features: int | None = None, hidden=(50,), activation: str = "relu",
+        prior_scale: float = 1.0, precision_prior=(1.0, 0.01), noise_scale: float | None = None,
+        dropout: float = 0.05) -> ZooModel:
+    """Bayesian MLP regressor with N(0, prior_scale^2) priors on all weights and biases."""
+    return _build("regression", data, in_features, 1, hidden, activation, prior_scale,
+                  precision_prior, noise_scale, dropout)
+
+
+@register_model("bnn-classifier", task="classification", family="bayesian-mlp",
+                likelihood="Categorical(logits=f(x))", default_guide="mean-field", guides=GUIDES,
+                paper=PAPERS, notes="out_features is the number of classes (inferred from data=).")
+def bnn_classifier(*, data=None, in_features: int | None = None, out_features: int | None = None,
+                   hidden=(50,), activation: str = "relu", prior_scale: float = 1.0,
+                   dropout: float = 0.05) -> ZooModel:
+    """Bayesian MLP classifier with N(0, prior_scale^2) priors on all weights and biases."""
+    if data is None and out_features is None:
+        raise ZooError("bnn-classifier: give data= or out_features= (the number of classes)")
+    return _build("classification", data, in_features, out_features, hidden, activation,
+                  prior_scale, (6.0, 6.0), None, dropout)
