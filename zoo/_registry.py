@@ -39,6 +39,7 @@ def register_model(
     ...     return model
     >>> "doc-coin" in zoo.list_models()
     True
+    >>> zoo.unregister_model("doc-coin")
     """
     refused = dict(refused or {})
     card = ModelCard(

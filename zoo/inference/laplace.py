@@ -37,7 +37,10 @@ class Laplace:
         MAP is usually indefinite.
     tune_prior : bool
         Scale the precision of every Normal prior by the factor that maximises the Laplace
-        estimate of the marginal likelihood (the MAP is kept, as post-hoc in laplace-torch).
+        estimate of the marginal likelihood (post-hoc, as in laplace-torch).
+    prior_rounds : int
+        With ``tune_prior``, rounds of (MAP under the current prior scale, then re-tune the scale);
+        1 is post-hoc tuning, more move the MAP to the evidence-preferred prior.
     num_steps, lr, lr_decay : MAP by full-batch Adam with an exponential schedule.
     memory_limit_gb : float, optional
         Largest dense Hessian allowed; default a quarter of this machine's memory.
@@ -47,6 +50,7 @@ class Laplace:
     hessian: str = "full"
     curvature: str = "exact"
     tune_prior: bool = True
+    prior_rounds: int = 1
     num_steps: int = 3000
     lr: float = 1e-2
     lr_decay: float = 0.1
@@ -60,14 +64,20 @@ class Laplace:
             raise ZooError(f"laplace: curvature must be one of {CURVATURES}, got {self.curvature!r}")
         check_positive("laplace: num_steps", self.num_steps)
         check_positive("laplace: fisher_samples", self.fisher_samples)
+        check_positive("laplace: prior_rounds", self.prior_rounds)
         joint = LogJoint(zm.model, args, sites, zm.init_loc_fn)
         if self.hessian == "full":
             self._check_memory(joint.size)
-        theta, losses, info = self._map(joint, progress)
-        h_lik = self._likelihood_curvature(joint, theta)
-        h_normal = _curvature(lambda t: -joint.terms(t)[1], theta, self.hessian)
-        h_other = _curvature(lambda t: -joint.terms(t)[2], theta, self.hessian)
-        alpha, log_evidence = self._prior_scale(joint, theta, h_lik, h_normal, h_other)
+        theta, alpha, losses = joint.initial, 1.0, []
+        for _ in range(self.prior_rounds if self.tune_prior else 1):
+            theta, round_losses, info = self._map(joint, theta, alpha, progress)
+            losses += round_losses
+            h_lik = self._likelihood_curvature(joint, theta)
+            h_normal = _curvature(lambda t: -joint.terms(t)[1], theta, self.hessian)
+            h_other = _curvature(lambda t: -joint.terms(t)[2], theta, self.hessian)
+            alpha, log_evidence = self._prior_scale(joint, theta, h_lik, h_normal, h_other)
+            if "stopped" in info or "interrupted" in info:
+                break
         precision = h_lik + alpha * h_normal + h_other
         draws = self._draw(theta, precision, num_samples)
         samples = {k: v.unsqueeze(0) for k, v in joint.constrain(draws).items()}
@@ -86,15 +96,15 @@ class Laplace:
                            f"more than the {limit:.1f} GiB allowed; use hessian='diag' "
                            "(or raise memory_limit_gb)")
 
-    def _map(self, joint: "LogJoint", progress: bool):
-        theta = joint.initial.clone().requires_grad_(True)
+    def _map(self, joint: "LogJoint", start, alpha: float, progress: bool):
+        theta = start.clone().requires_grad_(True)
         optim = torch.optim.Adam([theta], lr=self.lr)
         sched = torch.optim.lr_scheduler.ExponentialLR(optim, lr_gamma(self.lr_decay, self.num_steps))
         losses, info = [], {}
         bar = progress_bar(self.num_steps, "laplace MAP", progress)
         try:
             for step in range(self.num_steps):
-                loss = -sum(joint.terms(theta)) / joint.num_points
+                loss = -sum(joint.terms(theta, alpha)) / joint.num_points
                 if not torch.isfinite(loss):
                     info["stopped"] = (f"laplace: the MAP loss became {loss.item()} at step {step}; "
                                        "kept the last finite state. Lower lr or standardise the data")
@@ -115,7 +125,7 @@ class Laplace:
             last = theta.detach()
         finally:
             bar.close()
-        theta = last if losses else joint.initial
+        theta = last if losses else start
         window = max(len(losses) // 20, 1)
         if len(losses) >= 2 * window:
             before = sum(losses[-2 * window:-window]) / window

@@ -1,0 +1,142 @@
+"""Speed ratios of the zoo against bare PyTorch, in one run.
+
+(a) one SVI epoch of ``bnn`` (mean-field) / one epoch of the same network trained as plain PyTorch
+    (same data, batch size 32, Adam);
+(b) one NUTS potential-energy gradient (Pyro's, jit off and on) / a bare ``torch.autograd`` gradient
+    of the same log density written by hand;
+(c) ``Posterior.predict`` with 1,000 draws in one vectorised pass / a Python loop over the draws.
+
+    python benchmarks/perf.py            # writes benchmarks/results/perf.{json,md}
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import pyro
+import pyro.infer.mcmc as pyro_mcmc
+import torch
+from pyro import poutine
+
+import zoo
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def best_of(fn, repeats=5):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def svi_epoch_ratio(data, epochs=20):
+    x, y = data.train.args
+    model = zoo.load("bnn", data=data, hidden=[50])
+    fit_time = best_of(lambda: zoo.fit(model, data.train, "svi", num_epochs=epochs, batch_size=32,
+                                       num_samples=1, progress=False, seed=0), repeats=3)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 50), torch.nn.ReLU(), torch.nn.Linear(50, 1))
+    log_noise = torch.zeros((), requires_grad=True)
+    optim = torch.optim.Adam([*net.parameters(), log_noise], lr=1e-2)
+
+    def torch_epochs():
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x)).split(32):
+                loss = -torch.distributions.Normal(net(x[idx]).squeeze(-1), log_noise.exp()).log_prob(y[idx]).sum()
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+
+    torch_time = best_of(torch_epochs, repeats=3)
+    return fit_time / epochs, torch_time / epochs
+
+
+def nuts_gradient_ratio(data, jit):
+    x, y = data.train.args
+    model = zoo.load("bnn", data=data, hidden=[50])
+    kernel = pyro_mcmc.NUTS(model.model, jit_compile=jit, ignore_jit_warnings=True,
+                            init_strategy=model.init_loc_fn, max_plate_nesting=1)
+    kernel.setup(0, x, y)
+    z = {k: v.detach() for k, v in kernel.initial_params.items()}
+
+    def pyro_grad():
+        for _ in range(100):
+            pyro.ops.integrator.potential_grad(kernel.potential_fn, z)
+
+    pyro_grad()  # compile / warm up
+    pyro_time = best_of(pyro_grad) / 100
+    a, b = model.config["precision_prior"]
+    params = {k: v.clone().requires_grad_(True) for k, v in z.items()}
+
+    def log_density():
+        w0, b0, w1, b1, log_prec = (params[k] for k in ("w0", "b0", "w1", "b1", "precision"))
+        prior = torch.distributions.Normal(0.0, 1.0)
+        lp = sum(prior.log_prob(p).sum() for p in (w0, b0, w1, b1))
+        prec = log_prec.exp()
+        lp = lp + torch.distributions.Gamma(a, b).log_prob(prec) + log_prec
+        f = (torch.relu(x @ w0.T + b0) @ w1.T + b1).squeeze(-1)
+        return lp + torch.distributions.Normal(f, prec.rsqrt()).log_prob(y).sum()
+
+    def torch_grad():
+        for _ in range(100):
+            torch.autograd.grad(-log_density(), list(params.values()))
+
+    torch_time = best_of(torch_grad) / 100
+    return pyro_time, torch_time
+
+
+def predict_ratio(data, draws=1000):
+    model = zoo.load("bnn", data=data, hidden=[50])
+    post = zoo.fit(model, data.train, "svi", num_steps=10, num_samples=draws, progress=False, seed=0)
+    x = data.test.x
+    vectorised = best_of(lambda: post.predict(x), repeats=3)
+    flat = post.flat_samples()
+
+    def looped():
+        outs = []
+        for s in range(draws):
+            values = {k: v[s] for k, v in flat.items()}
+            trace = poutine.trace(poutine.condition(model.model, values)).get_trace(x)
+            outs.append(trace.nodes["f"]["value"])
+        return torch.stack(outs).mean(0)
+
+    with torch.no_grad():
+        loop_time = best_of(looped, repeats=1)
+    return vectorised, loop_time
+
+
+def main():
+    warnings.simplefilter("ignore")
+    data = zoo.datasets.load("boston", split=0)
+    rows = []
+    ours, ref = svi_epoch_ratio(data)
+    rows.append(("SVI epoch, bnn mean-field / plain PyTorch (batch 32, Adam)", ours, ref, 2.0))
+    for jit in (False, True):
+        ours, ref = nuts_gradient_ratio(data, jit)
+        rows.append((f"NUTS gradient, jit={'on' if jit else 'off'} / bare torch.autograd", ours, ref, 1.5))
+    vec, loop = predict_ratio(data)
+    rows.append(("predict 1,000 draws, vectorised / Python loop", vec, loop, None))
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    lines = ["| measurement | zoo (ms) | reference (ms) | ratio | aim |", "|---|---|---|---|---|"]
+    for name, a, b, aim in rows:
+        lines.append(f"| {name} | {a * 1e3:.3f} | {b * 1e3:.3f} | {a / b:.2f} | {'≤ %.1f' % aim if aim else '≪ 1'} |")
+    table = "\n".join(lines)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "perf.json").write_text(json.dumps(
+        {"machine": machine, "torch": torch.__version__, "pyro": pyro.__version__,
+         "rows": [{"name": n, "zoo_s": a, "reference_s": b, "ratio": a / b, "aim": aim} for n, a, b, aim in rows]},
+        indent=1))
+    (RESULTS / "perf.md").write_text(f"# Speed ratios\n\nBoston split 0 (455 training points), 1 hidden "
+                                     f"layer of 50; {machine}; torch {torch.__version__}, pyro "
+                                     f"{pyro.__version__}.\n\n{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
