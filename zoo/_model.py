@@ -48,6 +48,8 @@ class ZooModel:
         ``validate(args)`` raising :class:`zoo.ZooError` for data this model cannot take.
     fit_defaults : dict, optional
         Per-backend default options, e.g. ``{"svi": {"lr": 1e-2}}``.
+    summary_sites : list of str, optional
+        The non-weight latents worth a summary table and trace plot (default: the scalar ones).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class ZooModel:
         fit_defaults: dict[str, dict] | None = None,
         init_loc_fn: Callable = init_to_median,
         max_plate_nesting: int = 1,
+        summary_sites: list[str] | None = None,
     ):
         if not callable(model):
             raise ZooError(f"model must be a callable Pyro model, got {type(model).__name__}")
@@ -72,6 +75,7 @@ class ZooModel:
         self.fit_defaults = fit_defaults or {}
         self.init_loc_fn = init_loc_fn
         self.max_plate_nesting = max_plate_nesting
+        self.summary_sites = summary_sites
         self.name: str | None = None
         self.card = None
 

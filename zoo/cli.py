@@ -103,7 +103,9 @@ def run_fit(args) -> None:
     idata.to_netcdf(str(out / "idata.nc"))
     print(f"{args.model} on {args.data} split {args.split} with {args.backend}: "
           + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f", wall {wall:.1f} s")
-    small = [k for k, (shape, _) in post.sites.latent.items() if _numel(shape) <= 10]
+    small = post.model.summary_sites
+    if small is None:
+        small = [k for k, (shape, _) in post.sites.latent.items() if _numel(shape) == 1]
     if small:
         print(az.summary(idata, var_names=small, kind="all" if post.num_chains > 1 else "stats"
                          ).to_string())

@@ -131,6 +131,7 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
         net, guides={"mc-dropout": dropout_guide}, config=config, init_loc_fn=_init_loc,
         validate=_validator(in_features, task, out_features),
         fit_defaults={"laplace": {"curvature": "fisher", "hessian": "diag"}},
+        summary_sites=["precision"] if learns_noise else [],
     )
 
 

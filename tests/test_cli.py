@@ -1,0 +1,52 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import zoo
+from zoo.cli import main
+
+
+def test_list_and_info(capsys):
+    assert main(["list"]) == 0
+    assert "bnn-classifier" in capsys.readouterr().out
+    assert main(["info", "bnn"]) == 0
+    assert "Gamma(1, 0.01)" in capsys.readouterr().out
+
+
+def test_fit_prints_metrics_and_writes_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["fit", "bnn", "--data", "yacht", "--backend", "nuts", "--out", str(out),
+                 "--num-samples", "20", "--set", "hidden=[5]",
+                 "--option", "num_warmup=20", "num_chains=2", "max_tree_depth=4"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "rmse" in printed and "test_ll" in printed and "wall" in printed and "precision" in printed
+    for name in ("zoo.json", "samples.pt", "params.pt", "posterior.nc", "idata.nc", "predictive.png",
+                 "trace.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "zoo.json").read_text())["method"] == "nuts"
+    assert zoo.load_posterior(out).num_chains == 2
+
+
+def test_bad_option_is_one_line_exit_2(capsys):
+    assert main(["fit", "bnn", "--data", "yacht", "--option", "num_step=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zoo: error:") and "num_steps" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_saves_the_work_done(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "zoo", "fit", "bnn", "--data", "yacht", "--out", str(out),
+                             "--option", "num_steps=10000000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(12)  # imports plus the first steps
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "interrupted" in stderr and (out / "zoo.json").is_file()
+    assert zoo.load_posterior(out).info["interrupted"].startswith("svi: interrupted at step")
