@@ -125,7 +125,7 @@ def main():
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     lines = ["| measurement | zoo (ms) | reference (ms) | ratio | aim |", "|---|---|---|---|---|"]
     for name, a, b, aim in rows:
-        lines.append(f"| {name} | {a * 1e3:.3f} | {b * 1e3:.3f} | {a / b:.2f} | {'≤ %.1f' % aim if aim else '≪ 1'} |")
+        lines.append(f"| {name} | {a * 1e3:.3f} | {b * 1e3:.3f} | {a / b:.2f} | {f'≤ {aim:.1f}' if aim else '≪ 1'} |")
     table = "\n".join(lines)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "perf.json").write_text(json.dumps(

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import zoo  # noqa: E402
-from published import PUBLISHED  # noqa: E402
+from published import PUBLISHED
+
+import zoo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "uci-runs.jsonl"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pyro.infer.autoguide as ag
 from pyro.infer.autoguide.initialization import init_to_median

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 from ._card import BACKENDS, ModelCard
 from ._errors import ZooError, unknown_name

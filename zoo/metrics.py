@@ -31,7 +31,6 @@ def ece(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 10) -> float:
     confidence, predicted = probs.max(-1)
     correct = (predicted == y.long()).float()
     bins = torch.clamp((confidence * n_bins).ceil().long() - 1, 0, n_bins - 1)
-    total = torch.zeros(n_bins).index_add_(0, bins.cpu(), torch.ones_like(confidence).cpu())
     conf_sum = torch.zeros(n_bins).index_add_(0, bins.cpu(), confidence.cpu().float())
     acc_sum = torch.zeros(n_bins).index_add_(0, bins.cpu(), correct.cpu())
     return float((acc_sum - conf_sum).abs().sum() / probs.shape[0])

@@ -7,7 +7,7 @@
 """
 
 from .._data import Split
-from ._registry import Dataset, list_datasets, load
 from . import uci  # noqa: F401  (registers the UCI sets)
+from ._registry import Dataset, list_datasets, load
 
 __all__ = ["Dataset", "Split", "list_datasets", "load"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import pyro
 import torch
@@ -22,7 +23,7 @@ DATA_PLATE = "data"
 class Backend(Protocol):
     name: str
 
-    def fit(self, zm, args: tuple, sites: "Sites", *, num_samples: int, progress: bool) -> "FitResult":
+    def fit(self, zm, args: tuple, sites: Sites, *, num_samples: int, progress: bool) -> FitResult:
         ...
 
 
@@ -68,7 +69,7 @@ class Sites:
     observed: list[str]
 
     @classmethod
-    def of(cls, model: Callable, args: tuple) -> "Sites":
+    def of(cls, model: Callable, args: tuple) -> Sites:
         with torch.no_grad():
             trace = poutine.trace(model).get_trace(*args)
         latent, observed = {}, []

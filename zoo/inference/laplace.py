@@ -96,7 +96,7 @@ class Laplace:
                            f"more than the {limit:.1f} GiB allowed; use hessian='diag' "
                            "(or raise memory_limit_gb)")
 
-    def _map(self, joint: "LogJoint", start, alpha: float, progress: bool):
+    def _map(self, joint: LogJoint, start, alpha: float, progress: bool):
         theta = start.clone().requires_grad_(True)
         optim = torch.optim.Adam([theta], lr=self.lr)
         sched = torch.optim.lr_scheduler.ExponentialLR(optim, lr_gamma(self.lr_decay, self.num_steps))
@@ -144,7 +144,7 @@ class Laplace:
         fisher = 0.0
         for _ in range(self.fisher_samples):
             y_sim = joint.simulate(theta)
-            jac = torch.autograd.functional.jacobian(lambda t: joint.pointwise(t, y_sim), theta,
+            jac = torch.autograd.functional.jacobian(lambda t, y=y_sim: joint.pointwise(t, y), theta,
                                                      vectorize=True)
             fisher = fisher + (jac.T @ jac if self.hessian == "full" else (jac ** 2).sum(0))
         return fisher / self.fisher_samples

@@ -136,7 +136,7 @@ class Posterior:
         ``test_ll`` is the per-point log of the predictive density, log-mean-exp over draws, in
         the data's original units, as in Hernandez-Lobato & Adams (2015) and Gal & Ghahramani (2016).
         """
-        args, (shift, scale) = as_args(data)
+        args, (shift, scale) = as_args(data, device=self._device())
         if isinstance(data, Split) and (shift, scale) != self.target_scale:
             raise ZooError("evaluate: the data's target scaling differs from the training split's; "
                            "evaluate on a split of the same dataset load")
@@ -162,6 +162,9 @@ class Posterior:
 
     def save(self, path) -> Path:
         """Write the posterior to folder ``path``: zoo.json, samples.pt, params.pt, posterior.nc."""
+        if self.model.name is None:
+            raise ZooError("save: only registered models can be saved; register it with "
+                           "@zoo.register_model so load_posterior can rebuild it")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = {
@@ -171,9 +174,6 @@ class Posterior:
                       "observed": self.sites.observed},
             "loss": self.loss, "info": _jsonable(self.info), "timings": self.timings,
         }
-        if self.model.name is None:
-            raise ZooError("save: only registered models can be saved; register it with "
-                           "@zoo.register_model so load_posterior can rebuild it")
         (path / "zoo.json").write_text(json.dumps(meta, indent=1))
         torch.save({"samples": _cpu(self.samples), "sample_stats": _cpu(self.sample_stats)},
                    path / "samples.pt")
@@ -182,7 +182,7 @@ class Posterior:
         return path
 
     @classmethod
-    def load(cls, path) -> "Posterior":
+    def load(cls, path) -> Posterior:
         """Read a folder written by :meth:`save` (no training data needed, nothing unpickled)."""
         from .. import _registry
 
@@ -194,14 +194,14 @@ class Posterior:
         try:
             meta = json.loads(meta_file.read_text())
         except json.JSONDecodeError as err:
-            raise ZooError(f"load_posterior: {meta_file} is not valid JSON ({err}); the save is corrupt")
+            raise ZooError(f"load_posterior: {meta_file} is not valid JSON ({err}); the save is corrupt") from None
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ZooError(f"load_posterior: {path} is not a zoo posterior of version {VERSION} "
                            f"(found format={meta.get('format')!r}, version={meta.get('version')!r})")
         try:
             stored = torch.load(path / "samples.pt", weights_only=True)
             params = torch.load(path / "params.pt", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file means a corrupt save
+        except Exception as err:
             raise ZooError(f"load_posterior: cannot read the tensors in {path} ({err}); "
                            "the save is corrupt or incomplete") from None
         model = _registry.load(meta["model"], **meta["config"])

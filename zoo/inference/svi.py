@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import pyro
 import torch
@@ -13,8 +14,15 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import zero_grads
 
 from .._errors import ZooError
-from ._base import (DATA_PLATE, FitResult, MinibatchIndices, check_positive, draw_from_guide, lr_gamma,
-                    register_backend)
+from ._base import (
+    DATA_PLATE,
+    FitResult,
+    MinibatchIndices,
+    check_positive,
+    draw_from_guide,
+    lr_gamma,
+    register_backend,
+)
 from ._progress import progress_bar
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}

@@ -24,7 +24,7 @@ def strip_plate_slot(value: torch.Tensor, event_dim: int) -> torch.Tensor:
 
 def layer_sizes(in_features: int, hidden, out_features: int) -> list[tuple[int, int]]:
     sizes = [in_features, *hidden, out_features]
-    return list(zip(sizes[:-1], sizes[1:]))
+    return list(zip(sizes[:-1], sizes[1:], strict=True))
 
 
 def sample_weights(sizes, prior_scale: float, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
