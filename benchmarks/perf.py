@@ -36,18 +36,19 @@ def best_of(fn, repeats=5):
     return min(times)
 
 
-def svi_epoch_ratio(data, epochs=20):
+def svi_epoch_ratio(data, epochs=20, batch_size=32, jit=False):
     x, y = data.train.args
     model = zoo.load("bnn", data=data, hidden=[50])
-    fit_time = best_of(lambda: zoo.fit(model, data.train, "svi", num_epochs=epochs, batch_size=32,
-                                       num_samples=1, progress=False, seed=0), repeats=3)
+    batching = {} if batch_size >= len(x) else {"batch_size": batch_size}
+    fit_time = best_of(lambda: zoo.fit(model, data.train, "svi", num_epochs=epochs, num_samples=1,
+                                       progress=False, seed=0, jit=jit, **batching), repeats=3)
     net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 50), torch.nn.ReLU(), torch.nn.Linear(50, 1))
     log_noise = torch.zeros((), requires_grad=True)
     optim = torch.optim.Adam([*net.parameters(), log_noise], lr=1e-2)
 
     def torch_epochs():
         for _ in range(epochs):
-            for idx in torch.randperm(len(x)).split(32):
+            for idx in torch.randperm(len(x)).split(batch_size):
                 loss = -torch.distributions.Normal(net(x[idx]).squeeze(-1), log_noise.exp()).log_prob(y[idx]).sum()
                 optim.zero_grad()
                 loss.backward()
@@ -117,6 +118,8 @@ def main():
     rows = []
     ours, ref = svi_epoch_ratio(data)
     rows.append(("SVI epoch, bnn mean-field / plain PyTorch (batch 32, Adam)", ours, ref, 2.0))
+    ours, ref = svi_epoch_ratio(data, epochs=200, batch_size=len(data.train), jit=True)
+    rows.append(("SVI full-batch step with jit=True / plain PyTorch full-batch step", ours, ref, 2.0))
     for jit in (False, True):
         ours, ref = nuts_gradient_ratio(data, jit)
         rows.append((f"NUTS gradient, jit={'on' if jit else 'off'} / bare torch.autograd", ours, ref, 1.5))

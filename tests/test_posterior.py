@@ -126,3 +126,14 @@ def test_vectorised_particles_match_looped_elbo(data):
     vectorised = Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(
         zm.model, guide, x, y)
     assert vectorised == pytest.approx(looped, rel=0.01)
+
+
+@pytest.mark.parametrize("guide", ["mean-field", "mc-dropout"])
+def test_jit_svi_matches_eager(data, guide):
+    zm = zoo.load("bnn", data=data, hidden=[10])
+    results = [zoo.fit(zm, data.train, "svi", guide=guide, num_steps=300, num_samples=200, seed=0, jit=jit)
+               for jit in (False, True)]
+    eager, jitted = (r.evaluate(data.test)["test_ll"] for r in results)
+    assert jitted == pytest.approx(eager, abs=0.3)
+    with pytest.raises(zoo.ZooError, match="full batches only"):
+        zoo.fit(zm, data.train, "svi", jit=True, batch_size=32)

@@ -10,7 +10,7 @@ from typing import ClassVar
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import zero_grads
 
 from .._errors import ZooError
@@ -26,6 +26,7 @@ from ._base import (
 from ._progress import progress_bar
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
+JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}
 
 
 @register_backend
@@ -49,6 +50,9 @@ class SVI:
         ``Trace_ELBO`` or ``TraceMeanField_ELBO`` (analytic KL where available).
     num_particles : int
         Monte Carlo samples per step, vectorised.
+    jit : bool
+        Compile the ELBO with the PyTorch JIT (full-batch only: minibatch indices would be frozen
+        into the compiled graph).
     """
 
     name: ClassVar[str] = "svi"
@@ -63,6 +67,7 @@ class SVI:
     clip_norm: float = 10.0
     elbo: str = "trace"
     num_particles: int = 1
+    jit: bool = False
 
     def fit(self, zm, args, sites, *, num_samples, progress) -> FitResult:
         if self.elbo not in ELBOS:
@@ -79,8 +84,14 @@ class SVI:
         guide = zm.make_guide(self.guide, **self.guide_options)
         model = batch(zm.model) if batch_size < n else zm.model
         guide_run = batch(guide) if batch_size < n else guide
-        elbo = ELBOS[self.elbo](num_particles=self.num_particles, vectorize_particles=self.num_particles > 1,
-                                max_plate_nesting=zm.max_plate_nesting)
+        if self.jit and batch_size < n:
+            raise ZooError("svi: jit=True works on full batches only; drop batch_size or set jit=False")
+        elbo_options = dict(num_particles=self.num_particles, vectorize_particles=self.num_particles > 1,
+                            max_plate_nesting=zm.max_plate_nesting)
+        if self.jit:
+            elbo = JIT_ELBOS[self.elbo](**elbo_options, ignore_jit_warnings=True)
+        else:
+            elbo = ELBOS[self.elbo](**elbo_options)
         optim = self._optimizer(num_steps)
         if batch_size < n:
             _check_subsampling(model, args, batch, batch_size)
