@@ -118,6 +118,8 @@ def main():
     rows = []
     ours, ref = svi_epoch_ratio(data)
     rows.append(("SVI epoch, bnn mean-field / plain PyTorch (batch 32, Adam)", ours, ref, 2.0))
+    ours, ref = svi_epoch_ratio(data, jit=True)
+    rows.append(("SVI epoch with jit=True / plain PyTorch (batch 32, Adam)", ours, ref, 2.0))
     ours, ref = svi_epoch_ratio(data, epochs=200, batch_size=len(data.train), jit=True)
     rows.append(("SVI full-batch step with jit=True / plain PyTorch full-batch step", ours, ref, 2.0))
     for jit in (False, True):

@@ -50,3 +50,12 @@ def test_ctrl_c_saves_the_work_done(tmp_path):
     assert proc.returncode == 0, stderr
     assert "interrupted" in stderr and (out / "zoo.json").is_file()
     assert zoo.load_posterior(out).info["interrupted"].startswith("svi: interrupted at step")
+
+
+def test_demo_quick_runs_all_three_backends(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for backend in ("svi", "laplace", "nuts"):
+        assert backend in printed and (tmp_path / backend / "zoo.json").is_file()
+        assert (tmp_path / f"predictive-{backend}.png").is_file()
+    assert "elpd_loo" in printed and (tmp_path / "trace-nuts.png").is_file()

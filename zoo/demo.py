@@ -11,11 +11,11 @@ import arviz as az
 from . import datasets, fit, load
 from .plots import predictive_plot, trace_plot
 
-# hidden=[20] and a tree depth of 7 keep NUTS to a couple of minutes on 2 CPU cores.
+# hidden=[20] and a tree depth of 6 keep NUTS to a couple of minutes on 2 CPU cores.
 SETTINGS = {
-    "svi": dict(num_steps=3000, guide="mean-field"),
+    "svi": dict(num_steps=3000, guide="mean-field", jit=True),
     "laplace": dict(),  # bnn's defaults: diagonal Fisher, 3 rounds of MAP + evidence-tuned prior
-    "nuts": dict(num_warmup=300, num_chains=2, max_tree_depth=7, jit=True),
+    "nuts": dict(num_warmup=200, num_chains=2, max_tree_depth=6, jit=True),
 }
 QUICK = {"svi": dict(num_steps=200), "laplace": dict(num_steps=300, prior_rounds=1),
          "nuts": dict(num_warmup=30, num_chains=2, max_tree_depth=4)}
@@ -27,7 +27,7 @@ def run_demo(name: str = "yacht", split: int = 0, out: Path = Path("runs/demo"),
     out.mkdir(parents=True, exist_ok=True)
     rows, idatas = [], {}
     for backend, options in (QUICK if quick else SETTINGS).items():
-        num_samples = (50 if quick else 300) if backend == "nuts" else 1000
+        num_samples = (50 if quick else 200) if backend == "nuts" else 1000
         start = time.perf_counter()
         post = fit(model, data.train, backend, num_samples=num_samples, seed=0, **options)
         seconds = time.perf_counter() - start

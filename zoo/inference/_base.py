@@ -106,13 +106,25 @@ class MinibatchIndices(Messenger):
     (``with pyro.plate("data", len(x)) as idx: ... x[idx]``), the idiom of Pyro's subsampling.
     """
 
-    def __init__(self):
+    def __init__(self, indices: torch.Tensor):
         super().__init__()
-        self.indices: torch.Tensor | None = None
+        self.indices = indices
 
     def _pyro_sample(self, msg):
-        if msg["name"] == DATA_PLATE and isinstance(msg["fn"], _Subsample) and self.indices is not None:
+        if msg["name"] == DATA_PLATE and isinstance(msg["fn"], _Subsample):
             msg["value"] = self.indices
+
+
+def on_minibatch(fn: Callable) -> Callable:
+    """``fn(*data)`` as ``wrapped(*data, indices)``: the indices travel as an argument, so a
+    JIT-compiled ELBO sees them as an input rather than freezing one minibatch into its graph."""
+
+    def wrapped(*args):
+        *data, indices = args
+        with MinibatchIndices(indices):
+            return fn(*data)
+
+    return wrapped
 
 
 def lr_gamma(lr_decay: float, num_steps: int) -> float:

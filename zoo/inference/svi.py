@@ -17,10 +17,10 @@ from .._errors import ZooError
 from ._base import (
     DATA_PLATE,
     FitResult,
-    MinibatchIndices,
     check_positive,
     draw_from_guide,
     lr_gamma,
+    on_minibatch,
     register_backend,
 )
 from ._progress import progress_bar
@@ -51,8 +51,7 @@ class SVI:
     num_particles : int
         Monte Carlo samples per step, vectorised.
     jit : bool
-        Compile the ELBO with the PyTorch JIT (full-batch only: minibatch indices would be frozen
-        into the compiled graph).
+        Compile the ELBO with the PyTorch JIT (faster steps after a slow first one).
     """
 
     name: ClassVar[str] = "svi"
@@ -77,15 +76,13 @@ class SVI:
         check_positive("svi: lr", self.lr, integer=False)
         check_positive("svi: num_particles", self.num_particles)
         n = args[0].shape[0]
-        batch = MinibatchIndices()
         batch_size = n if self.batch_size is None else min(self.batch_size, n)
         check_positive("svi: batch_size", batch_size)
         num_steps = self._num_steps(n, batch_size)
         guide = zm.make_guide(self.guide, **self.guide_options)
-        model = batch(zm.model) if batch_size < n else zm.model
-        guide_run = batch(guide) if batch_size < n else guide
-        if self.jit and batch_size < n:
-            raise ZooError("svi: jit=True works on full batches only; drop batch_size or set jit=False")
+        minibatch = batch_size < n
+        model = on_minibatch(zm.model) if minibatch else zm.model
+        guide_run = on_minibatch(guide) if minibatch else guide
         elbo_options = dict(num_particles=self.num_particles, vectorize_particles=self.num_particles > 1,
                             max_plate_nesting=zm.max_plate_nesting)
         if self.jit:
@@ -93,22 +90,23 @@ class SVI:
         else:
             elbo = ELBOS[self.elbo](**elbo_options)
         optim = self._optimizer(num_steps)
-        if batch_size < n:
-            _check_subsampling(model, args, batch, batch_size)
+        if minibatch:
+            _check_subsampling(model, args, batch_size)
 
         losses, info = [], {"num_steps": num_steps, "batch_size": batch_size}
         order = torch.randperm(n, device=args[0].device)
         bar = progress_bar(num_steps, "svi", progress)
         try:
             for step in range(num_steps):
-                if batch_size < n:
+                step_args = args
+                if minibatch:
                     start = (step * batch_size) % n
                     if start + batch_size > n:
                         order, start = torch.randperm(n, device=args[0].device), 0
-                    batch.indices = order[start:start + batch_size]
+                    step_args = (*args, order[start:start + batch_size])
                 with poutine.trace(param_only=True) as params:
                     try:
-                        loss = elbo.loss_and_grads(model, guide_run, *args)
+                        loss = elbo.loss_and_grads(model, guide_run, *step_args)
                     except ValueError as err:  # a distribution built from NaN parameters
                         if "invalid values" not in str(err):
                             raise
@@ -156,12 +154,11 @@ class SVI:
                                          "gamma": gamma})
 
 
-def _check_subsampling(model, args, batch, batch_size):
+def _check_subsampling(model, args, batch_size):
     """Fail early, with the fix, when a model ignores the indices of plate 'data'."""
-    batch.indices = torch.arange(batch_size, device=args[0].device)
     try:
         with torch.no_grad():
-            trace = poutine.trace(model).get_trace(*args)
+            trace = poutine.trace(model).get_trace(*args, torch.arange(batch_size, device=args[0].device))
         sizes = {s["value"].shape[f.dim] for s in trace.nodes.values()
                  if s["type"] == "sample" and s["is_observed"]
                  for f in s["cond_indep_stack"] if f.name == DATA_PLATE}
