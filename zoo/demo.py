@@ -9,6 +9,7 @@ from pathlib import Path
 import arviz as az
 
 from . import datasets, fit, load
+from .inference import ZooWarning
 from .plots import predictive_plot, trace_plot
 
 # hidden=[20] and a tree depth of 6 keep NUTS to a couple of minutes on 2 CPU cores.
@@ -29,8 +30,12 @@ def run_demo(name: str = "yacht", split: int = 0, out: Path = Path("runs/demo"),
     for backend, options in (QUICK if quick else SETTINGS).items():
         num_samples = (50 if quick else 200) if backend == "nuts" else 1000
         start = time.perf_counter()
-        post = fit(model, data.train, backend, num_samples=num_samples, seed=0, **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ZooWarning)
+            post = fit(model, data.train, backend, num_samples=num_samples, seed=0, **options)
         seconds = time.perf_counter() - start
+        for w in caught:
+            print(f"  note: {w.message}")
         metrics = post.evaluate(data.test)
         idatas[backend] = post.to_arviz(data.train)  # LOO is defined on the data the fit saw
         post.save(out / backend)
