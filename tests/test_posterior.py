@@ -138,3 +138,15 @@ def test_jit_svi_matches_eager(data, guide):
     minibatch = [zoo.fit(zm, data.train, "svi", guide=guide, num_epochs=30, batch_size=32, jit=jit,
                          num_samples=200, seed=0).evaluate(data.test)["test_ll"] for jit in (False, True)]
     assert minibatch[1] == pytest.approx(minibatch[0], abs=0.5)
+
+
+def test_parallel_chains_in_forked_processes():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 2, generator=gen)
+    y = x @ torch.tensor([1.0, -1.0]) + 0.3 * torch.randn(30, generator=gen)
+    zm = zoo.load("bnn", in_features=2, hidden=[], noise_scale=0.3)  # Bayesian linear regression
+    post = zoo.fit(zm, (x, y), "nuts", num_warmup=100, num_chains=2, parallel=True, num_samples=100, seed=0)
+    assert post.info["parallel_chains"] and post.num_chains == 2
+    w = post.samples["w0"]
+    assert not torch.equal(w[0], w[1])  # the chains were seeded apart
+    torch.testing.assert_close(w.mean((0, 1)).squeeze(), torch.tensor([1.0, -1.0]), atol=0.2, rtol=0)

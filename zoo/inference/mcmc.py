@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from typing import ClassVar
 
+import pyro
 import pyro.infer.mcmc as pyro_mcmc
 import torch
 from pyro.poutine.messenger import Messenger
@@ -37,8 +39,10 @@ class NUTS:
     num_warmup : int
         Adaptation steps (step size and diagonal mass matrix) per chain, discarded.
     num_chains : int
-        Chains, run one after another (Pyro keeps a core free, so on a 2-core machine parallel
-        chains would run sequentially anyway).
+        Chains per fit.
+    parallel : bool, optional
+        Run chains in forked processes, one core each. Default: when the machine has more cores
+        than chains (Pyro's rule too); otherwise, or where fork is unavailable, one after another.
     target_accept, max_tree_depth : step-size adaptation target and the doubling limit.
     jit : bool
         Compile the potential energy with the PyTorch JIT (faster gradients, slow start).
@@ -50,6 +54,7 @@ class NUTS:
     target_accept: float = 0.8
     max_tree_depth: int = 10
     jit: bool = False
+    parallel: bool | None = None
 
     def fit(self, zm, args, sites, *, num_samples, progress) -> FitResult:
         check_positive("nuts: num_warmup", self.num_warmup + 1)
@@ -57,21 +62,51 @@ class NUTS:
         check_positive("nuts: max_tree_depth", self.max_tree_depth)
         if not 0 < self.target_accept < 1:
             raise ZooError(f"nuts: target_accept must be in (0, 1), got {self.target_accept}")
-        chains, stats, info = [], [], {"cores": os.cpu_count()}
-        for chain in range(self.num_chains):
-            draws, chain_stats, interrupted = self._run_chain(zm, args, sites, num_samples, chain, progress)
-            if interrupted:
-                info["interrupted"] = f"nuts: interrupted in chain {chain} after {len(draws)} draws"
-                if not chains:
-                    chains, stats = [draws], [chain_stats]
-                break
-            chains.append(draws)
-            stats.append(chain_stats)
-        if not chains or not chains[0]:
+        parallel = (os.cpu_count() or 1) > self.num_chains if self.parallel is None else self.parallel
+        parallel = parallel and self.num_chains > 1 and "fork" in mp.get_all_start_methods()
+        info = {"cores": os.cpu_count(), "parallel_chains": parallel}
+        results = (self._run_parallel(zm, args, sites, num_samples) if parallel
+                   else self._run_sequential(zm, args, sites, num_samples, progress))
+        complete = [r for r in results if not r[2]]
+        if len(complete) < self.num_chains:
+            done = ", ".join(str(len(r[1])) for r in results)
+            info["interrupted"] = f"nuts: interrupted with draws per chain {done}; kept the finished chains"
+        kept = complete or [max(results, key=lambda r: len(r[1]))]
+        if not kept[0][1]:
             raise ZooError("nuts: interrupted before the first draw after warmup; nothing to keep")
-        samples = {n: torch.stack([torch.stack([d[n] for d in c]) for c in chains]) for n in sites.latent}
+        chains, stats = [r[0] for r in kept], [r[1] for r in kept]
+        device = args[0].device
+        samples = {n: torch.stack([torch.as_tensor(c[n], device=device) for c in chains]) for n in sites.latent}
         sample_stats = {k: torch.tensor([[s[k] for s in c] for c in stats]) for k in stats[0][0]}
         return FitResult(samples, sample_stats=sample_stats, info=info)
+
+    def _run_sequential(self, zm, args, sites, num_samples, progress):
+        results = []
+        for chain in range(self.num_chains):
+            results.append(self._run_chain(zm, args, sites, num_samples, chain, progress))
+            if results[-1][2]:  # interrupted: run no further chain
+                break
+        return results
+
+    def _run_parallel(self, zm, args, sites, num_samples):
+        ctx = mp.get_context("fork")  # children inherit the model: nothing needs pickling
+        queue = ctx.Queue()
+        seeds = torch.randint(2**31 - 1, (self.num_chains,)).tolist()
+        workers = [ctx.Process(target=_chain_worker, daemon=True,
+                               args=(self, zm, args, sites, num_samples, chain, seeds[chain], queue))
+                   for chain in range(self.num_chains)]
+        for w in workers:
+            w.start()
+        results = {}
+        while len(results) < self.num_chains:
+            try:
+                chain, result = queue.get()
+            except KeyboardInterrupt:
+                continue  # the chains see Ctrl-C too, and report the draws they have
+            results[chain] = result
+        for w in workers:
+            w.join()
+        return [results[c] for c in range(self.num_chains)]
 
     def _run_chain(self, zm, args, sites, num_samples, chain, progress):
         kernel = pyro_mcmc.NUTS(zm.model, target_accept_prob=self.target_accept,
@@ -106,8 +141,19 @@ class NUTS:
                 if n % 50 == 0:
                     bar.set_postfix(step=f"{kernel.step_size:.3g}", depth=depth.depth)
         except KeyboardInterrupt:
-            return draws, stats, True
+            return _stacked(draws), stats, True
         finally:
             bar.close()
             kernel.cleanup()
-        return draws, stats, False
+        return _stacked(draws), stats, False
+
+
+def _stacked(draws: list[dict]) -> dict:
+    """Per-site arrays (draws, ...), as numpy so they cross a process boundary by value."""
+    return {n: torch.stack([d[n] for d in draws]).cpu().numpy() for n in draws[0]} if draws else {}
+
+
+def _chain_worker(backend, zm, args, sites, num_samples, chain, seed, queue):
+    torch.set_num_threads(1)
+    pyro.set_rng_seed(seed)
+    queue.put((chain, backend._run_chain(zm, args, sites, num_samples, chain, progress=False)))
