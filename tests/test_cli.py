@@ -44,9 +44,14 @@ def test_ctrl_c_saves_the_work_done(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "zoo", "fit", "bnn", "--data", "yacht", "--out", str(out),
                              "--option", "num_steps=10000000"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(12)  # imports plus the first steps
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    try:
+        assert proc.stderr.readline().startswith("zoo: fitting")  # imports done, the fit begins
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 0, stderr
     assert "interrupted" in stderr and (out / "zoo.json").is_file()
     assert zoo.load_posterior(out).info["interrupted"].startswith("svi: interrupted at step")

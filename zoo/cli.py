@@ -83,12 +83,16 @@ def run_fit(args) -> None:
     import arviz as az
 
     from . import datasets, fit, load
+    from .inference._base import make_backend
     from .plots import predictive_plot, trace_plot
 
     config, options = _key_values(args.set), _key_values(args.option)
     data = datasets.load(args.data, split=args.split, **({"path": args.data_path} if args.data_path else {}))
     model = load(args.model, data=data, **config)
     out = Path(args.out or f"runs/{args.model}-{args.data}-{args.backend}")
+    make_backend(args.backend, options)  # bad backend options fail here, before any output
+    print(f"zoo: fitting {args.model} to {args.data} split {args.split} with {args.backend} "
+          "(Ctrl-C stops and saves what is done)", file=sys.stderr, flush=True)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
