@@ -63,7 +63,9 @@ class NUTS:
         if not 0 < self.target_accept < 1:
             raise ZooError(f"nuts: target_accept must be in (0, 1), got {self.target_accept}")
         parallel = (os.cpu_count() or 1) > self.num_chains if self.parallel is None else self.parallel
-        parallel = parallel and self.num_chains > 1 and "fork" in mp.get_all_start_methods()
+        # forked children cannot use a CUDA context made by their parent
+        parallel = (parallel and self.num_chains > 1 and "fork" in mp.get_all_start_methods()
+                    and args[0].device.type == "cpu")
         info = {"cores": os.cpu_count(), "parallel_chains": parallel}
         results = (self._run_parallel(zm, args, sites, num_samples) if parallel
                    else self._run_sequential(zm, args, sites, num_samples, progress))
@@ -103,6 +105,8 @@ class NUTS:
                 chain, result = queue.get()
             except KeyboardInterrupt:
                 continue  # the chains see Ctrl-C too, and report the draws they have
+            if isinstance(result, str):
+                raise ZooError(f"nuts: chain {chain} failed in its process: {result}")
             results[chain] = result
         for w in workers:
             w.join()
@@ -156,4 +160,7 @@ def _stacked(draws: list[dict]) -> dict:
 def _chain_worker(backend, zm, args, sites, num_samples, chain, seed, queue):
     torch.set_num_threads(1)
     pyro.set_rng_seed(seed)
-    queue.put((chain, backend._run_chain(zm, args, sites, num_samples, chain, progress=False)))
+    try:
+        queue.put((chain, backend._run_chain(zm, args, sites, num_samples, chain, progress=False)))
+    except Exception as err:  # reported to the parent, which raises it
+        queue.put((chain, f"{type(err).__name__}: {err}"))
