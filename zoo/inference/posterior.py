@@ -169,7 +169,7 @@ class Posterior:
         path.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": FORMAT, "version": VERSION, "model": self.model.name, "config": self.model.config,
-            "method": self.method, "options": self.options, "target_scale": self.target_scale,
+            "method": self.method, "options": _jsonable(self.options), "target_scale": self.target_scale,
             "sites": {"latent": {k: [list(s), e] for k, (s, e) in self.sites.latent.items()},
                       "observed": self.sites.observed},
             "loss": self.loss, "info": _jsonable(self.info), "timings": self.timings,
