@@ -104,7 +104,9 @@ def summarise() -> str:
     (RESULTS / "uci.md").write_text(
         "# UCI regression: zoo vs published\n\nMean ± standard error over the splits run; RMSE and "
         "per-point test log-likelihood in original units. Published: Gal & Ghahramani 2016 Table 1 "
-        "(VI, PBP, MC dropout) and the grid-search numbers of DropoutUncertaintyExps.\n\n" + table + "\n")
+        "(VI, PBP, MC dropout) and the grid-search numbers of DropoutUncertaintyExps. s / split is the "
+        "wall time of one fit on a 2-core CPU machine; the committed runs shared the cores with up to "
+        "three other jobs, so read those times as upper bounds.\n\n" + table + "\n")
     return table
 
 
