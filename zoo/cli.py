@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import warnings
@@ -109,7 +110,7 @@ def run_fit(args) -> None:
           + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f", wall {wall:.1f} s")
     small = post.model.summary_sites
     if small is None:
-        small = [k for k, (shape, _) in post.sites.latent.items() if _numel(shape) == 1]
+        small = [k for k, (shape, _) in post.sites.latent.items() if math.prod(shape) == 1]
     if small:
         print(az.summary(idata, var_names=small, kind="all" if post.num_chains > 1 else "stats"
                          ).to_string())
@@ -121,10 +122,3 @@ def run_fit(args) -> None:
     if "interrupted" in post.info:
         print(f"zoo: interrupted; saved the work done so far to {out}", file=sys.stderr)
     print(f"wrote {out}/ (zoo.json, samples.pt, params.pt, posterior.nc, idata.nc, plots)")
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

@@ -153,14 +153,16 @@ class NUTS:
 
 
 def _stacked(draws: list[dict]) -> dict:
-    """Per-site arrays (draws, ...), as numpy so they cross a process boundary by value."""
-    return {n: torch.stack([d[n] for d in draws]).cpu().numpy() for n in draws[0]} if draws else {}
+    """Per-site tensors shaped (draws, ...)."""
+    return {n: torch.stack([d[n] for d in draws]) for n in draws[0]} if draws else {}
 
 
 def _chain_worker(backend, zm, args, sites, num_samples, chain, seed, queue):
     torch.set_num_threads(1)
     pyro.set_rng_seed(seed)
     try:
-        queue.put((chain, backend._run_chain(zm, args, sites, num_samples, chain, progress=False)))
+        draws, stats, interrupted = backend._run_chain(zm, args, sites, num_samples, chain, progress=False)
+        # numpy crosses the process boundary by value (torch would share memory the child takes away)
+        queue.put((chain, ({n: v.numpy() for n, v in draws.items()}, stats, interrupted)))
     except Exception as err:  # reported to the parent, which raises it
         queue.put((chain, f"{type(err).__name__}: {err}"))
