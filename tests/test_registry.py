@@ -7,10 +7,15 @@ import zoo
 from zoo._card import BACKENDS, TASKS
 
 
-def small_data(task):
-    x = torch.randn(24, 3)
-    y = torch.randint(0, 3, (24,)) if task == "classification" else torch.randn(24)
-    return x, y
+def small_data(card):
+    """A tiny dataset and a tiny config for each model family."""
+    y = torch.randint(0, 3, (24,)) if card.task == "classification" else torch.randn(24)
+    if card.family == "bayesian-cnn":
+        return torch.rand(24, 1, 16, 16), y, dict(channels=[2, 3], hidden=4)
+    if card.family == "bayesian-rnn":
+        x = torch.randint(1, 9, (24, 5)) if card.task == "classification" else torch.randn(24, 5, 2)
+        return x, y, dict(hidden=4) if card.task == "regression" else dict(hidden=4, embed_dim=3)
+    return torch.randn(24, 3), y, dict(hidden=[4])
 
 
 @pytest.mark.parametrize("name", zoo.list_models())
@@ -25,8 +30,8 @@ def test_card_schema(name):
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_every_guide_traces_against_its_model(name):
     card = zoo.card(name)
-    x, y = small_data(card.task)
-    zm = zoo.load(name, data=(x, y), hidden=[4])
+    x, y, options = small_data(card)
+    zm = zoo.load(name, data=(x, y), **options)
     model_trace = poutine.trace(zm.model).get_trace(x, y)
     latent = {n for n, s in model_trace.nodes.items()
               if s["type"] == "sample" and not s["is_observed"] and n != "data"}

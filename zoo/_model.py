@@ -50,6 +50,15 @@ class ZooModel:
         Per-backend default options, e.g. ``{"svi": {"lr": 1e-2}}``.
     summary_sites : list of str, optional
         The non-weight latents worth a summary table and trace plot (default: the scalar ones).
+    num_samples : int, optional
+        Posterior draws ``zoo.fit`` keeps by default (1,000 unless a big network asks for fewer).
+    refused : dict, optional
+        Backends this instance cannot take, with the reason (e.g. NUTS on a large network).
+    last_layer : list of str, optional
+        The output layer's weight sites: Laplace's ``subset="last-layer"`` and ``to_arviz``'s default.
+    predict_batch : int, optional
+        Points per vectorised prediction pass for 100 draws (scaled to the number of draws), so
+        that big networks predict in bounded memory; default all points at once.
     """
 
     def __init__(
@@ -64,6 +73,10 @@ class ZooModel:
         init_loc_fn: Callable = init_to_median,
         max_plate_nesting: int = 1,
         summary_sites: list[str] | None = None,
+        num_samples: int | None = None,
+        refused: dict[str, str] | None = None,
+        last_layer: list[str] | None = None,
+        predict_batch: int | None = None,
     ):
         if not callable(model):
             raise ZooError(f"model must be a callable Pyro model, got {type(model).__name__}")
@@ -76,6 +89,10 @@ class ZooModel:
         self.init_loc_fn = init_loc_fn
         self.max_plate_nesting = max_plate_nesting
         self.summary_sites = summary_sites
+        self.num_samples = num_samples
+        self.refused = refused or {}
+        self.last_layer = last_layer
+        self.predict_batch = predict_batch
         self.name: str | None = None
         self.card = None
 

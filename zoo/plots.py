@@ -1,13 +1,19 @@
-"""PNG plots a fit writes: predictive mean +- 2 sd against the truth, and trace plots."""
+"""PNG plots: predictive mean +- 2 sd against the truth, traces, reliability diagrams and image grids."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from . import metrics
+from ._errors import ZooError
 
 
 def predictive_plot(pred, y_true, path, title: str = "") -> Path:
@@ -32,6 +38,62 @@ def trace_plot(idata, var_names, path) -> Path:
 
     axes = az.plot_trace(idata, var_names=var_names, compact=True)
     fig = axes.ravel()[0].figure
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def reliability_diagram(probs: torch.Tensor, y: torch.Tensor, path, n_bins: int = 10, title: str = "") -> Path:
+    """Accuracy per confidence bin as bars against the diagonal of perfect calibration, ECE in the legend.
+
+    ``probs`` is (points, classes), or (draws, points, classes), which is averaged over draws first.
+    """
+    probs = torch.as_tensor(probs)
+    if probs.dim() == 3:
+        probs = probs.mean(0)
+    bins = metrics.reliability(probs, y, n_bins)
+    ece = metrics.ece(probs, y, n_bins)
+    edges = bins["edges"].numpy()
+    full = (bins["count"] > 0).numpy()
+    left, width = edges[:-1][full], np.diff(edges)[full]
+    accuracy, confidence = bins["accuracy"].numpy()[full], bins["confidence"].numpy()[full]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.bar(left, accuracy, width=width, align="edge", edgecolor="black", alpha=0.8, label=f"accuracy (ECE {ece:.3f})")
+    ax.bar(left, confidence - accuracy, bottom=accuracy, width=width, align="edge", color="red", alpha=0.3,
+           edgecolor="red", hatch="//", label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-class probability)", ylabel="accuracy",
+           title=f"{title} (ECE {ece:.3f})" if title else f"ECE {ece:.3f}")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def image_grid(images, path, titles: list[str] | None = None, ncols: int = 8) -> Path:
+    """Greyscale ``images`` shaped (n, 1, H, W) or (n, H, W) in a grid ``ncols`` wide, with optional titles."""
+    images = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, dtype=float)
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3 or images.shape[0] == 0:
+        raise ZooError(f"images must be shaped (n, 1, H, W) or (n, H, W) with n >= 1; got {images.shape}")
+    n = images.shape[0]
+    if titles is not None and len(titles) != n:
+        raise ZooError(f"titles must give one title per image: {n} images but {len(titles)} titles")
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise ZooError(f"ncols must be a positive int; got {ncols!r}")
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.4 * ncols, 1.6 * nrows if titles else 1.4 * nrows),
+                             squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i], cmap="gray")
+            if titles is not None:
+                ax.set_title(str(titles[i]), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

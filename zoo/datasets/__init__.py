@@ -7,7 +7,7 @@
 """
 
 from .._data import Split
-from . import uci  # noqa: F401  (registers the UCI sets)
+from . import mnist, text, uci  # noqa: F401  (registers mnist, mnist-mini, sst2, rt-polarity and the UCI sets)
 from ._registry import Dataset, list_datasets, load
 
 __all__ = ["Dataset", "Split", "list_datasets", "load"]

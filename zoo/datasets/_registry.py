@@ -13,13 +13,14 @@ _LOADERS: dict[str, Callable] = {}
 
 @dataclass
 class Dataset:
-    """A named dataset split into ``train`` and ``test``."""
+    """A named dataset split into ``train`` and ``test`` (text sets also carry their ``vocab``)."""
 
     name: str
     train: Split
     test: Split
     split: int | None = None
     task: str = "regression"
+    vocab: object | None = None
 
 
 def register_dataset(name: str):

@@ -70,8 +70,10 @@ class Sites:
 
     @classmethod
     def of(cls, model: Callable, args: tuple) -> Sites:
+        # two points show every global site's shape without a forward pass over all the data
+        head = tuple(a[:2] if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
         with torch.no_grad():
-            trace = poutine.trace(model).get_trace(*args)
+            trace = poutine.trace(model).get_trace(*head)
         latent, observed = {}, []
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site["infer"].get("is_auxiliary") or site["infer"].get("_deterministic"):

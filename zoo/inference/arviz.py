@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import arviz as az
 import numpy as np
+import torch
 import xarray as xr
 
 from .._data import as_args
+from .._errors import ZooError
 
 
-def to_inference_data(post, data=None) -> az.InferenceData:
+def to_inference_data(post, data=None, var_names=None) -> az.InferenceData:
     """Groups: posterior, sample_stats and, given ``data``, posterior_predictive, log_likelihood
-    (pointwise, original units) and observed_data. Every array is shaped (chain, draw, ...)."""
+    (pointwise, original units) and observed_data. Every array is shaped (chain, draw, ...).
+
+    ``var_names`` picks the latent sites in the posterior group; default every site, or only the
+    last layer for networks that name one (not millions of weights).
+    """
     chains, draws = post.num_chains, post.num_draws
-    posterior = {k: v.cpu().numpy() for k, v in post.samples.items()}
-    dims = {k: [f"{k}_dim_{i}" for i in range(v.dim() - 2)] for k, v in post.samples.items()}
+    if var_names is None:
+        var_names = post.model.last_layer or list(post.samples)
+    unknown = [v for v in var_names if v not in post.samples]
+    if unknown:
+        raise ZooError(f"to_arviz: no latent sites {unknown}; the posterior has {sorted(post.samples)}")
+    posterior = {k: post.samples[k].cpu().numpy() for k in var_names}
+    dims = {k: [f"{k}_dim_{i}" for i in range(v.ndim - 2)] for k, v in posterior.items()}
     groups = {"posterior": posterior}
     stats = {k: v.cpu().numpy() for k, v in post.sample_stats.items()}
     if stats:
@@ -27,7 +38,7 @@ def to_inference_data(post, data=None) -> az.InferenceData:
         pred = post.predict(args[:-1])
         shift, scale = post.target_scale
         if pred.probs is not None:
-            replicated = post.trace(args)[0].nodes[y_name]["fn"].sample().cpu().numpy()
+            replicated = torch.distributions.Categorical(probs=pred.draw_probs).sample().cpu().numpy()
             observed = args[-1].cpu().numpy()
         else:
             replicated = pred.samples.cpu().numpy()

@@ -20,7 +20,7 @@ class ZooWarning(UserWarning):
     """Something about a fit the user should look at (an unconverged MAP, an interrupted run)."""
 
 
-def fit(model, data, backend="svi", *, num_samples: int = 1000, seed: int | None = None,
+def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int | None = None,
         device: str | None = None, progress: bool | None = None, **options) -> Posterior:
     """Fit ``model`` to ``data`` with a backend; returns a :class:`Posterior`.
 
@@ -32,8 +32,9 @@ def fit(model, data, backend="svi", *, num_samples: int = 1000, seed: int | None
         The model's positional arguments, observations last: a split is ``(x, y)``.
     backend : {"svi", "laplace", "nuts"} or a backend object
         Swapping inference is changing this one word.
-    num_samples : int
-        Posterior draws to keep (``nuts``: per chain).
+    num_samples : int, optional
+        Posterior draws to keep (``nuts``: per chain); default 1,000, or the model's own default
+        (100 for the CNN and RNN families, whose draws are whole networks).
     seed : int, optional
         Seeds Pyro, torch and numpy for a reproducible fit.
     device : str, optional
@@ -52,9 +53,11 @@ def fit(model, data, backend="svi", *, num_samples: int = 1000, seed: int | None
     zm = model if isinstance(model, ZooModel) else ZooModel(model)
     options = {**zm.fit_defaults.get(backend if isinstance(backend, str) else "", {}), **options}
     engine = make_backend(backend, options)
-    if zm.card is not None and engine.name in zm.card.refused:
-        raise ZooError(f"model {zm.name!r} does not support backend {engine.name!r}: "
-                       f"{zm.card.refused[engine.name]}")
+    refused = {**(zm.card.refused if zm.card is not None else {}), **zm.refused}
+    if engine.name in refused:
+        raise ZooError(f"model {zm.name!r} does not support backend {engine.name!r}: {refused[engine.name]}")
+    if num_samples is None:
+        num_samples = zm.num_samples or 1000
     check_positive("num_samples", num_samples)
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         raise ZooError(f"device={device!r} but torch sees no CUDA device; use device='cpu'")

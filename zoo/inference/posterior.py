@@ -95,26 +95,41 @@ class Posterior:
             raise ZooError(f"predict/evaluate need one observed site, the model has {self.sites.observed}")
         return trace.nodes[self.sites.observed[0]]
 
+    def _batches(self, args):
+        """``args`` cut into row blocks sized so that one vectorised pass stays in bounded memory."""
+        n = args[0].shape[0]
+        size = n
+        if self.model.predict_batch is not None:
+            size = max(1, self.model.predict_batch * 100 // (self.num_chains * self.num_draws))
+        for start in range(0, max(n, 1), size):
+            yield tuple(a[start:start + size] if isinstance(a, torch.Tensor) and a.dim() else a for a in args)
+
+    def _observed_fns(self, args):
+        """The observed site's distribution and value over all draws, block by block of points."""
+        for block in self._batches(args):
+            site = self._observed(self.trace(block)[0])
+            yield site["fn"], site["value"]
+
     def predict(self, x) -> Prediction:
-        """Predictive mean and spread at inputs ``x`` (one batched pass over all draws).
+        """Predictive mean and spread at inputs ``x`` (vectorised over draws, in blocks of points).
 
         ``x`` is the model's arguments without the observations: an array, or a tuple.
         """
         args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-        trace, _ = self.trace((*args, None))
-        site = self._observed(trace)
-        fn = site["fn"]
-        if self._is_classifier(fn):
-            draw_probs = fn.probs
+        args, _ = as_args((*args, None), device=self._device())
+        fns, values = zip(*self._observed_fns(args), strict=True)
+        if self._is_classifier(fns[0]):
+            draw_probs = torch.cat([fn.probs for fn in fns], -2)
             return Prediction(mean=draw_probs.mean(0).argmax(-1), probs=draw_probs.mean(0),
                               draw_probs=draw_probs)
         shift, scale = self.target_scale
-        samples = site["value"] * scale + shift
+        samples = torch.cat(values, -1) * scale + shift
         try:
-            means, variances = fn.mean * scale + shift, fn.variance * scale**2
+            means = torch.cat([fn.mean.expand(v.shape) for fn, v in zip(fns, values, strict=True)], -1)
+            variances = torch.cat([fn.variance.expand(v.shape) for fn, v in zip(fns, values, strict=True)], -1)
         except NotImplementedError:
             return Prediction(mean=samples.mean(0), std=samples.std(0), samples=samples)
-        means, variances = means.expand(samples.shape), variances.expand(samples.shape)
+        means, variances = means * scale + shift, variances * scale**2
         epistemic = means.var(0, unbiased=False)
         aleatoric = variances.mean(0)
         return Prediction(mean=means.mean(0), std=(epistemic + aleatoric).sqrt(),
@@ -123,10 +138,10 @@ class Posterior:
 
     def log_likelihood(self, data) -> torch.Tensor:
         """Pointwise log p(y_i | theta_s) in original units, shape (draws, points)."""
-        trace, args = self.trace(data)
-        site = self._observed(trace)
-        log_lik = site["fn"].log_prob(site["value"])
-        if not self._is_classifier(site["fn"]):
+        args, _ = as_args(data, device=self._device())
+        fns, values = zip(*self._observed_fns(args), strict=True)
+        log_lik = torch.cat([fn.log_prob(v) for fn, v in zip(fns, values, strict=True)], -1)
+        if not self._is_classifier(fns[0]):
             log_lik = log_lik - math.log(self.target_scale[1])
         return log_lik
 
@@ -140,13 +155,13 @@ class Posterior:
         if isinstance(data, Split) and (shift, scale) != self.target_scale:
             raise ZooError("evaluate: the data's target scaling differs from the training split's; "
                            "evaluate on a split of the same dataset load")
-        log_lik = self.log_likelihood(args)
-        test_ll = float((torch.logsumexp(log_lik, 0) - math.log(log_lik.shape[0])).mean())
         pred = self.predict(args[:-1])
         y = args[-1]
-        if pred.probs is not None:
-            return {"accuracy": metrics.accuracy(pred.probs, y), "nll": -test_ll,
+        if pred.probs is not None:  # nll = -log of the draw-averaged probability, as test_ll below
+            return {"accuracy": metrics.accuracy(pred.probs, y), "nll": metrics.nll(pred.probs, y),
                     "ece": metrics.ece(pred.probs, y), "brier": metrics.brier(pred.probs, y)}
+        log_lik = self.log_likelihood(args)
+        test_ll = float((torch.logsumexp(log_lik, 0) - math.log(log_lik.shape[0])).mean())
         y_orig = y * self.target_scale[1] + self.target_scale[0]
         return {"rmse": metrics.rmse(pred.mean, y_orig), "test_ll": test_ll}
 
@@ -154,11 +169,14 @@ class Posterior:
     def _is_classifier(fn) -> bool:
         return hasattr(fn, "probs") and isinstance(fn, pyro.distributions.Categorical)
 
-    def to_arviz(self, data=None):
-        """An ``arviz.InferenceData``; with ``data``, also predictive, log likelihood and observations."""
+    def to_arviz(self, data=None, var_names=None):
+        """An ``arviz.InferenceData``; with ``data``, also predictive, log likelihood and observations.
+
+        ``var_names``: the latent sites to include (default all, or a network's last layer).
+        """
         from .arviz import to_inference_data
 
-        return to_inference_data(self, data)
+        return to_inference_data(self, data, var_names)
 
     def save(self, path) -> Path:
         """Write the posterior to folder ``path``: zoo.json, samples.pt, params.pt, posterior.nc."""

@@ -14,6 +14,7 @@ from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceM
 from pyro.infer.util import zero_grads
 
 from .._errors import ZooError
+from ..models.noise import per_example_noise
 from ._base import (
     DATA_PLATE,
     FitResult,
@@ -104,7 +105,7 @@ class SVI:
                     if start + batch_size > n:
                         order, start = torch.randperm(n, device=args[0].device), 0
                     step_args = (*args, order[start:start + batch_size])
-                with poutine.trace(param_only=True) as params:
+                with poutine.trace(param_only=True) as params, per_example_noise():
                     try:
                         loss = elbo.loss_and_grads(model, guide_run, *step_args)
                     except ValueError as err:  # a distribution built from NaN parameters
@@ -160,7 +161,7 @@ def _check_subsampling(model, args, batch_size):
         with torch.no_grad():
             trace = poutine.trace(model).get_trace(*args, torch.arange(batch_size, device=args[0].device))
         sizes = {s["value"].shape[f.dim] for s in trace.nodes.values()
-                 if s["type"] == "sample" and s["is_observed"]
+                 if s["type"] == "sample" and s["is_observed"] and not s["infer"].get("_deterministic")
                  for f in s["cond_indep_stack"] if f.name == DATA_PLATE}
     except (ValueError, RuntimeError) as err:
         sizes = {str(err)}

@@ -9,6 +9,8 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
+from . import noise
+
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu}
 
 
@@ -82,3 +84,62 @@ def mc_dropout_guide(name: str, sizes, p: float, extra_sites=None):
             pyro.sample(site, dist.Delta(value))
 
     return guide
+
+
+def weight(name: str, shape, prior_scale: float, device) -> torch.Tensor:
+    """A weight site ``name`` with an N(0, prior_scale^2) prior on each entry, plate slot removed."""
+    prior = dist.Normal(torch.zeros((), device=device), prior_scale).expand(list(shape)).to_event(len(shape))
+    return strip_plate_slot(pyro.sample(name, prior), len(shape))
+
+
+def dense(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, tied: bool = False) -> torch.Tensor:
+    """``x @ w.T + b`` for weights with any leading draw dims, under per-example noise when it is on.
+
+    Mean-field weights use the local reparameterisation (the exact per-example output Gaussian), or
+    flipout when ``tied`` (the same per-example weight sample at every use, as a recurrence needs).
+    """
+    entry = noise.lookup(w)
+    if entry is None:
+        out = x @ w.transpose(-1, -2)
+    elif entry.kind == "dropout":
+        out = (x * entry.per_example("in", x.shape, lambda s: noise.mask(s, entry.keep, x.device))) @ entry.loc.T
+    elif tied:
+        s_in = entry.per_example("in", x.shape, lambda s: noise.signs(s, x.device))
+        s_out = entry.per_example("out", (*x.shape[:-1], w.shape[0]), lambda s: noise.signs(s, x.device))
+        out = x @ entry.loc.T + ((x * s_in) @ (w - entry.loc).T) * s_out
+    else:
+        mean, var = x @ entry.loc.T, (x * x) @ (entry.scale * entry.scale).T
+        out = mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
+    return out if b is None else out + b.unsqueeze(-2)
+
+
+def conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """2-D convolution of images ``(*draws, n, C, H, W)`` by kernels ``(*draws, O, C, k, k)``.
+
+    Draws of the kernels run as one grouped convolution. Under per-example noise, dropout masks
+    whole input channels of each example and mean-field kernels use flipout (Wen et al. 2018).
+    """
+    entry = noise.lookup(w)
+    if entry is not None and x.dim() == 4:
+        n, c = x.shape[:2]
+        if entry.kind == "dropout":
+            z = entry.per_example("in", (n, c, 1, 1), lambda s: noise.mask(s, entry.keep, x.device))
+            return F.conv2d(x * z, entry.loc, b)
+        s_in = entry.per_example("in", (n, c, 1, 1), lambda s: noise.signs(s, x.device))
+        s_out = entry.per_example("out", (n, w.shape[0], 1, 1), lambda s: noise.signs(s, x.device))
+        return F.conv2d(x, entry.loc, b) + F.conv2d(x * s_in, w - entry.loc) * s_out
+    if w.dim() == 4:
+        out = F.conv2d(x.reshape(-1, *x.shape[-3:]), w, b)
+        return out.reshape(*x.shape[:-3], *out.shape[-3:])
+    draws = w.shape[0]
+    x = x.expand(draws, *x.shape[-4:]) if x.dim() == 5 else x.expand(draws, *x.shape)
+    n, c, height, width = x.shape[1:]
+    grouped = x.transpose(0, 1).reshape(n, draws * c, height, width)
+    out = F.conv2d(grouped, w.reshape(-1, *w.shape[2:]), b.reshape(-1), groups=draws)
+    return out.reshape(n, draws, w.shape[1], *out.shape[-2:]).transpose(0, 1)
+
+
+def max_pool(x: torch.Tensor, size: int = 2) -> torch.Tensor:
+    """Max pooling over the last two dims of ``(..., C, H, W)``."""
+    out = F.max_pool2d(x.reshape(-1, *x.shape[-3:]), size)
+    return out.reshape(*x.shape[:-3], *out.shape[-3:])

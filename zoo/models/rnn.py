@@ -1,0 +1,217 @@
+"""Bayesian LSTMs: ``bayes-lstm`` (text classification), ``bayes-lstm-regressor`` (one-step-ahead
+forecasting) and the deterministic twin ``lstm``."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+
+from .._errors import ZooError
+from .._model import ZooModel
+from .._registry import register_model
+from .cnn import check_labels
+from .layers import dense, weight
+from .weight_guides import WeightSite, mc_dropout_guide, mean_field_guide
+
+PAPERS = ("Hochreiter & Schmidhuber 1997; Gal & Ghahramani 2016, A Theoretically Grounded Application "
+          "of Dropout in Recurrent Neural Networks; Fortunato et al. 2017, Bayesian Recurrent Neural Networks")
+MAX_NUTS_WEIGHTS = 5_000
+
+
+class BayesianLSTM:
+    """(embedding ->) LSTM -> linear with N(0, prior_scale^2) priors on every weight.
+
+    Sites: ``embed`` (vocab, embed_dim, classification only; a point estimate under every guide),
+    ``w_ih`` (4H, in), ``w_hh`` (4H, H), ``b_lstm`` (4H), ``w_out`` (out, H), ``b_out`` (out).
+    The last hidden state of each sequence (its last non-padding token) feeds the output layer.
+    Classification: ``y ~ Categorical(logits)``; regression: ``y ~ Normal(f, precision^-1/2)``.
+    """
+
+    def __init__(self, task, in_features, hidden, out_features, prior_scale, vocab_size=None,
+                 precision_prior=(1.0, 0.01)):
+        self.task = task
+        self.prior_scale = prior_scale
+        self.precision_prior = precision_prior
+        self.sites = []
+        if vocab_size is not None:
+            self.sites.append(WeightSite("embed", (vocab_size, in_features), 1, point=True))
+        gate = 4 * hidden
+        self.sites += [
+            WeightSite("w_ih", (gate, in_features), in_features), WeightSite("w_hh", (gate, hidden), hidden),
+            WeightSite("b_lstm", (gate,), hidden),
+            WeightSite("w_out", (out_features, hidden), hidden), WeightSite("b_out", (out_features,), hidden),
+        ]
+
+    def __call__(self, x, y=None):
+        w = {s.name: weight(s.name, s.shape, self.prior_scale, x.device) for s in self.sites}
+        if self.task == "regression":
+            a, b = (torch.tensor(float(v), device=x.device) for v in self.precision_prior)
+            sigma = pyro.sample("precision", dist.Gamma(a, b)).rsqrt()
+        with pyro.plate("data", x.shape[0]) as idx:
+            x = x[idx]
+            if self.task == "classification":
+                lengths, inputs = (x != 0).sum(-1), w["embed"][..., x, :]
+            else:
+                lengths, inputs = torch.full(x.shape[:1], x.shape[1], device=x.device), x
+            out = dense(lstm(inputs, lengths, w["w_ih"], w["w_hh"], w["b_lstm"]), w["w_out"], w["b_out"])
+            obs = None if y is None else y[idx]
+            if self.task == "regression":
+                f = pyro.deterministic("f", out[..., 0])
+                return pyro.sample("y", dist.Normal(f, sigma), obs=obs)
+            logits = pyro.deterministic("logits", out, event_dim=1)
+            return pyro.sample("y", dist.Categorical(logits=logits), obs=obs)
+
+    @property
+    def num_weights(self) -> int:
+        return sum(torch.Size(s.shape).numel() for s in self.sites if not s.point)
+
+
+def lstm(inputs, lengths, w_ih, w_hh, b):
+    """Run an LSTM over ``inputs`` (*draws, n, L, in); the hidden state after each sequence's last step.
+
+    Every weight is used with ``tied=True``: under per-example noise each sequence keeps one weight
+    sample (and one dropout mask) for all its time steps.
+    """
+    hidden = w_hh.shape[-1]
+    batch = torch.broadcast_shapes(inputs.shape[:-3], w_hh.shape[:-2])
+    h = inputs.new_zeros(*batch, inputs.shape[-3], hidden)
+    c = h
+    for t in range(inputs.shape[-2]):
+        gates = dense(inputs[..., t, :], w_ih, tied=True) + dense(h, w_hh, b, tied=True)
+        i, f, g, o = gates.chunk(4, -1)
+        c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_next = torch.sigmoid(o) * torch.tanh(c_next)
+        alive = (t < lengths).unsqueeze(-1)
+        h, c = torch.where(alive, h_next, h), torch.where(alive, c_next, c)
+    return h
+
+
+def _text_validator(name, vocab_size, num_classes):
+    def validate(args):
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.is_floating_point():
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ZooError(f"{name}: x must be integer token ids shaped (sequences, length), padded with 0 "
+                           f"(see zoo.datasets.text.pad); got {shape}")
+        if x.numel() and (x.min() < 0 or x.max() >= vocab_size):
+            raise ZooError(f"{name}: token ids must lie in [0, {vocab_size - 1}] (the vocabulary the model was "
+                           f"built with), got range [{int(x.min())}, {int(x.max())}]")
+        empty = torch.nonzero((x != 0).sum(-1) == 0).flatten()
+        if len(empty):
+            raise ZooError(f"{name}: sequence rows {empty[:5].tolist()} are empty (all padding); drop them")
+        if len(args) > 1 and args[1] is not None:
+            check_labels(name, args[1], num_classes)
+
+    return validate
+
+
+def _series_validator(name, in_features):
+    def validate(args):
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != in_features or x.shape[1] == 0:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ZooError(f"{name}: x must be float windows shaped (windows, length >= 1, {in_features}); "
+                           f"got {shape}")
+        y = args[1] if len(args) > 1 else None
+        if y is not None and (y.dim() != 1 or not y.is_floating_point()):
+            raise ZooError(f"{name}: y must be a float vector, one target per window; got {tuple(y.shape)}")
+
+    return validate
+
+
+def _zoo_model(name, net, validate, config, dropout, fit_defaults):
+    regression = net.task == "regression"
+    extra = {"precision": (10.0, constraints.positive)} if regression else {}
+
+    def mean_field(zm, init_scale: float = 1e-3):
+        return mean_field_guide("mean_field", net.sites, init_scale, extra)
+
+    def variational_dropout(zm, p: float = dropout):
+        rates = {"w_ih": p, "w_hh": p, "w_out": p}
+        sites = [WeightSite(s.name, s.shape, s.fan_in, rates.get(s.name, 0.0), s.point) for s in net.sites]
+        return mc_dropout_guide("mc_dropout", sites, extra)
+
+    refused = {}
+    if net.num_weights > MAX_NUTS_WEIGHTS:
+        refused["nuts"] = (f"this LSTM has {net.num_weights:,} weights; NUTS is impractical at that size. "
+                           f"Use svi or laplace, or a tiny config (at most {MAX_NUTS_WEIGHTS:,} weights)")
+    return ZooModel(net, guides={"mean-field": mean_field, "mc-dropout": variational_dropout}, config=config,
+                    validate=validate, init_loc_fn=_init_loc(net, regression), fit_defaults=fit_defaults,
+                    num_samples=100, refused=refused, last_layer=["w_out", "b_out"], predict_batch=256,
+                    summary_sites=["precision"] if regression else [])
+
+
+def _init_loc(net, regression):
+    def init(site):
+        if regression and site["name"] == "precision":
+            return torch.tensor(10.0, device=site["fn"].mean.device)
+        return next(s for s in net.sites if s.name == site["name"]).init(site["fn"].mean.device)
+
+    return init
+
+
+TEXT_DEFAULTS = {"svi": {"batch_size": 64, "lr": 3e-3, "num_epochs": 3},
+                 "laplace": {"subset": "last-layer", "curvature": "fisher", "batch_size": 256}}
+
+
+def _text_model(name, data, vocab_size, embed_dim, hidden, num_classes, prior_scale, dropout):
+    if data is not None:
+        vocab = getattr(data, "vocab", None)
+        split = getattr(data, "train", data)
+        x, y = (split.x, split.y) if hasattr(split, "x") else tuple(split)[:2]
+        vocab_size = len(vocab) if vocab is not None else int(torch.as_tensor(x).max()) + 1
+        num_classes = num_classes or int(torch.as_tensor(y).max()) + 1
+    if vocab_size is None:
+        raise ZooError(f"{name}: give data= (a text dataset with its vocab) or vocab_size=")
+    num_classes = num_classes or 2
+    net = BayesianLSTM("classification", embed_dim, hidden, num_classes, prior_scale, vocab_size=vocab_size)
+    config = dict(vocab_size=vocab_size, embed_dim=embed_dim, hidden=hidden, num_classes=num_classes,
+                  prior_scale=prior_scale, dropout=dropout)
+    return _zoo_model(name, net, _text_validator(name, vocab_size, num_classes), config, dropout, TEXT_DEFAULTS)
+
+
+@register_model("bayes-lstm", task="classification", family="bayesian-rnn",
+                likelihood="Categorical(logits=W h_T + b), h_T the LSTM state after the last token",
+                default_guide="mc-dropout", guides=("mc-dropout", "mean-field", "delta"), paper=PAPERS,
+                notes="mc-dropout is variational dropout tied across time (one mask per sequence on input, "
+                      "hidden and output units); mean-field uses flipout, also tied across time. "
+                      "The embedding is a MAP point estimate under every guide.")
+def bayes_lstm(*, data=None, vocab_size: int | None = None, embed_dim: int = 64, hidden: int = 64,
+               num_classes: int | None = None, prior_scale: float = 1.0, dropout: float = 0.25) -> ZooModel:
+    """Bayesian LSTM sentence classifier over token ids (``zoo.datasets.load("sst2")``)."""
+    return _text_model("bayes-lstm", data, vocab_size, embed_dim, hidden, num_classes, prior_scale, dropout)
+
+
+@register_model("lstm", task="classification", family="bayesian-rnn",
+                likelihood="Categorical(logits=W h_T + b)", default_guide="delta", guides=("delta",),
+                paper=PAPERS, notes="Deterministic twin of bayes-lstm: the MAP point estimate, one draw.")
+def lstm_classifier(*, data=None, vocab_size: int | None = None, embed_dim: int = 64, hidden: int = 64,
+                    num_classes: int | None = None, prior_scale: float = 1.0) -> ZooModel:
+    """LSTM sentence classifier trained to a point estimate: the baseline for bayes-lstm."""
+    zm = _text_model("lstm", data, vocab_size, embed_dim, hidden, num_classes, prior_scale, 0.0)
+    zm.num_samples = 1
+    return zm
+
+
+@register_model("bayes-lstm-regressor", task="regression", family="bayesian-rnn",
+                likelihood="Normal(W h_T + b, precision^-1/2), precision ~ Gamma(1, 0.01)",
+                default_guide="mc-dropout", guides=("mc-dropout", "mean-field", "delta"), paper=PAPERS,
+                notes="One-step-ahead forecasting: x holds windows (n, length, features), y the next value "
+                      "(see zoo.datasets.series.windows).")
+def bayes_lstm_regressor(*, data=None, in_features: int | None = None, hidden: int = 32,
+                         prior_scale: float = 1.0, dropout: float = 0.1) -> ZooModel:
+    """Bayesian LSTM forecaster: the next value of a series from the window before it."""
+    if data is not None:
+        split = getattr(data, "train", data)
+        x = split.x if hasattr(split, "x") else tuple(split)[0]
+        in_features = int(torch.as_tensor(x).shape[-1])
+    if in_features is None:
+        raise ZooError("bayes-lstm-regressor: give data= (windows from zoo.datasets.series.windows) or in_features=")
+    net = BayesianLSTM("regression", in_features, hidden, 1, prior_scale)
+    config = dict(in_features=in_features, hidden=hidden, prior_scale=prior_scale, dropout=dropout)
+    defaults = {"svi": {"batch_size": 64, "lr": 3e-3, "num_epochs": 20},
+                "laplace": {"subset": "last-layer", "curvature": "fisher", "batch_size": 256}}
+    return _zoo_model("bayes-lstm-regressor", net, _series_validator("bayes-lstm-regressor", in_features),
+                      config, dropout, defaults)
