@@ -36,10 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("model")
     fit.add_argument("--data", required=True, help="dataset name (zoo.datasets.list_datasets())")
     fit.add_argument("--data-path", help="folder holding the dataset (else $ZOO_DATA, then shipped)")
-    fit.add_argument("--split", type=int, default=0)
+    fit.add_argument("--split", type=int, default=None, help="split of a UCI set (default 0)")
     fit.add_argument("--backend", default="svi", help="svi, laplace or nuts")
     fit.add_argument("--out", default=None, help="output folder (default runs/MODEL-DATA-BACKEND)")
-    fit.add_argument("--num-samples", type=int, default=1000)
+    fit.add_argument("--num-samples", type=int, default=None,
+                     help="posterior draws (default 1000; 100 for CNNs and RNNs)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default=None)
     fit.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model config, e.g. hidden=[50]")
@@ -85,14 +86,17 @@ def run_fit(args) -> None:
 
     from . import datasets, fit, load
     from .inference._base import make_backend
-    from .plots import predictive_plot, trace_plot
+    from .metrics import classification, mutual_information, predictive_entropy
+    from .plots import image_grid, predictive_plot, reliability_diagram, trace_plot
 
     config, options = _key_values(args.set), _key_values(args.option)
-    data = datasets.load(args.data, split=args.split, **({"path": args.data_path} if args.data_path else {}))
+    where = {"split": args.split} if args.split is not None else {}
+    data = datasets.load(args.data, **where, **({"path": args.data_path} if args.data_path else {}))
+    label = f"{args.data}" + (f" split {args.split}" if args.split is not None else "")
     model = load(args.model, data=data, **config)
     out = Path(args.out or f"runs/{args.model}-{args.data}-{args.backend}")
     make_backend(args.backend, options)  # bad backend options fail here, before any output
-    print(f"zoo: fitting {args.model} to {args.data} split {args.split} with {args.backend} "
+    print(f"zoo: fitting {args.model} to {label} with {args.backend} "
           "(Ctrl-C stops and saves what is done)", file=sys.stderr, flush=True)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -102,11 +106,14 @@ def run_fit(args) -> None:
     wall = time.perf_counter() - start
     for w in caught:
         print(f"zoo: warning: {w.message}", file=sys.stderr)
-    metrics = post.evaluate(data.test)
+    pred = post.predict(data.test.x)
+    metrics = (post.evaluate(data.test) if pred.probs is None
+               else {**classification(pred.probs, data.test.y),
+                     "mutual_information": float(mutual_information(pred.draw_probs).mean())})
     post.save(out)
     idata = post.to_arviz(data.test)
     idata.to_netcdf(str(out / "idata.nc"))
-    print(f"{args.model} on {args.data} split {args.split} with {args.backend}: "
+    print(f"{args.model} on {label} with {args.backend}: "
           + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f", wall {wall:.1f} s")
     small = post.model.summary_sites
     if small is None:
@@ -114,9 +121,16 @@ def run_fit(args) -> None:
     if small:
         print(az.summary(idata, var_names=small, kind="all" if post.num_chains > 1 else "stats"
                          ).to_string())
-    if post.task == "regression":
-        predictive_plot(post.predict(data.test.x), data.test.y_original, out / "predictive.png",
-                        title=f"{args.model} / {args.backend} on {args.data}")
+    title = f"{args.model} / {args.backend} on {args.data}"
+    if pred.probs is None:
+        predictive_plot(pred, data.test.y_original, out / "predictive.png", title=title)
+    else:
+        reliability_diagram(pred.probs, data.test.y, out / "reliability.png", title=title)
+        if data.test.x.dim() == 4:  # images: the ones the model is least sure about
+            entropy = predictive_entropy(pred.draw_probs)
+            top = entropy.argsort(descending=True)[:16]
+            titles = [f"{int(pred.mean[i])} (true {int(data.test.y[i])}, H={float(entropy[i]):.2f})" for i in top]
+            image_grid(data.test.x[top], out / "most-uncertain.png", titles=titles, ncols=4)
     if args.backend == "nuts" and small:
         trace_plot(idata, small, out / "trace.png")
     if "interrupted" in post.info:

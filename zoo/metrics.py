@@ -170,3 +170,8 @@ def ece(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 10) -> float:
     full = bins["count"] > 0
     weight = bins["count"][full].to(bins["accuracy"].dtype) / bins["count"].sum()
     return float((weight * (bins["accuracy"][full] - bins["confidence"][full]).abs()).sum())
+
+
+def classification(probs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """``accuracy``, ``nll``, ``ece`` and ``brier`` of a predictive ``probs`` (points, classes)."""
+    return {"accuracy": accuracy(probs, y), "nll": nll(probs, y), "ece": ece(probs, y), "brier": brier(probs, y)}

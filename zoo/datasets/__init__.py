@@ -7,7 +7,7 @@
 """
 
 from .._data import Split
-from . import mnist, text, uci  # noqa: F401  (registers mnist, mnist-mini, sst2, rt-polarity and the UCI sets)
+from . import mnist, series, text, uci  # noqa: F401  (loaders register themselves)
 from ._registry import Dataset, list_datasets, load
 
 __all__ = ["Dataset", "Split", "list_datasets", "load"]

@@ -51,7 +51,10 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     ['rmse', 'test_ll']
     """
     zm = model if isinstance(model, ZooModel) else ZooModel(model)
-    options = {**zm.fit_defaults.get(backend if isinstance(backend, str) else "", {}), **options}
+    defaults = dict(zm.fit_defaults.get(backend if isinstance(backend, str) else "", {}))
+    if {"num_steps", "num_epochs"} & set(options):  # the user's choice of length replaces the default's
+        defaults.pop("num_steps", None), defaults.pop("num_epochs", None)
+    options = {**defaults, **options}
     engine = make_backend(backend, options)
     refused = {**(zm.card.refused if zm.card is not None else {}), **zm.refused}
     if engine.name in refused:

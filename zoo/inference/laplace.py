@@ -14,17 +14,18 @@ from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide.initialization import InitMessenger
 
 from .._errors import ZooError
-from ._base import FitResult, check_positive, lr_gamma, register_backend
+from ._base import FitResult, MinibatchIndices, check_positive, lr_gamma, register_backend
 from ._progress import progress_bar
 
 HESSIANS = ("full", "diag")
 CURVATURES = ("exact", "fisher")
+SUBSETS = ("all", "last-layer")
 
 
 @register_backend
 @dataclass
 class Laplace:
-    """Laplace approximation ``N(theta*, H^-1)`` over every latent site, unconstrained.
+    """Laplace approximation ``N(theta*, H^-1)`` over the latent sites, unconstrained.
 
     Parameters
     ----------
@@ -35,13 +36,19 @@ class Laplace:
         (Monte Carlo over ``fisher_samples`` draws of y, positive semi-definite) plus the exact
         Hessian of the negative log prior. Networks need ``"fisher"``: their exact Hessian at a
         MAP is usually indefinite.
+    subset : {"all", "last-layer"}
+        Which latents get the Gaussian: all, or the model's output layer (``ZooModel.last_layer``)
+        with every other site held at its MAP value, as in laplace-torch's last-layer Laplace.
     tune_prior : bool
         Scale the precision of every Normal prior by the factor that maximises the Laplace
         estimate of the marginal likelihood (post-hoc, as in laplace-torch).
     prior_rounds : int
         With ``tune_prior``, rounds of (MAP under the current prior scale, then re-tune the scale);
         1 is post-hoc tuning, more move the MAP to the evidence-preferred prior.
-    num_steps, lr, lr_decay : MAP by full-batch Adam with an exponential schedule.
+    num_steps, lr, lr_decay : MAP by Adam with an exponential schedule.
+    batch_size : int, optional
+        Minibatches for the MAP and blocks of points for the curvature (default: all points at
+        once); needs a model that indexes its data with the indices of ``pyro.plate("data")``.
     memory_limit_gb : float, optional
         Largest dense Hessian allowed; default a quarter of this machine's memory.
     """
@@ -49,9 +56,11 @@ class Laplace:
     name: ClassVar[str] = "laplace"
     hessian: str = "full"
     curvature: str = "exact"
+    subset: str = "all"
     tune_prior: bool = True
     prior_rounds: int = 1
     num_steps: int = 3000
+    batch_size: int | None = None
     lr: float = 1e-2
     lr_decay: float = 0.1
     fisher_samples: int = 4
@@ -62,29 +71,45 @@ class Laplace:
             raise ZooError(f"laplace: hessian must be one of {HESSIANS}, got {self.hessian!r}")
         if self.curvature not in CURVATURES:
             raise ZooError(f"laplace: curvature must be one of {CURVATURES}, got {self.curvature!r}")
+        if self.subset not in SUBSETS:
+            raise ZooError(f"laplace: subset must be one of {SUBSETS}, got {self.subset!r}")
         check_positive("laplace: num_steps", self.num_steps)
         check_positive("laplace: fisher_samples", self.fisher_samples)
         check_positive("laplace: prior_rounds", self.prior_rounds)
-        joint = LogJoint(zm.model, args, sites, zm.init_loc_fn)
+        if self.batch_size is not None:
+            check_positive("laplace: batch_size", self.batch_size)
+        joint = LogJoint(zm.model, args, sites, zm.init_loc_fn, self.batch_size)
+        names = self._subset_sites(zm, sites)
+        sub = joint.coordinates(names)
         if self.hessian == "full":
-            self._check_memory(joint.size)
+            self._check_memory(len(sub))
         theta, alpha, losses = joint.initial, 1.0, []
         for _ in range(self.prior_rounds if self.tune_prior else 1):
             theta, round_losses, info = self._map(joint, theta, alpha, progress)
             losses += round_losses
-            h_lik = self._likelihood_curvature(joint, theta)
-            h_normal = _curvature(lambda t: -joint.terms(t)[1], theta, self.hessian)
-            h_other = _curvature(lambda t: -joint.terms(t)[2], theta, self.hessian)
-            alpha, log_evidence = self._prior_scale(joint, theta, h_lik, h_normal, h_other)
+            h_data = self._likelihood_curvature(joint, theta, sub) + _curvature(
+                lambda t: -joint.other_log_prior(joint.embed(theta, names, t)), theta[sub], self.hessian)
+            h_normal = joint.normal_precision[sub]
+            alpha, log_evidence = self._prior_scale(joint, theta, sub, h_data, h_normal)
             if "stopped" in info or "interrupted" in info:
                 break
-        precision = h_lik + alpha * h_normal + h_other
-        draws = self._draw(theta, precision, num_samples)
+        precision = h_data + alpha * (h_normal if self.hessian == "diag" else torch.diag(h_normal))
+        draws = theta.expand(num_samples, -1).clone()
+        draws[:, sub] = self._draw(theta[sub], precision, num_samples)
         samples = {k: v.unsqueeze(0) for k, v in joint.constrain(draws).items()}
-        info.update(hessian=self.hessian, curvature=self.curvature, prior_precision_scale=alpha,
-                    log_marginal_likelihood=log_evidence, num_parameters=joint.size)
+        info.update(hessian=self.hessian, curvature=self.curvature, subset=self.subset,
+                    prior_precision_scale=alpha, log_marginal_likelihood=log_evidence,
+                    num_parameters=len(sub))
         params = {"laplace.loc": theta.detach(), "laplace.precision": precision.detach()}
         return FitResult(samples, loss=losses, params=params, info=info)
+
+    def _subset_sites(self, zm, sites) -> list[str]:
+        if self.subset == "all":
+            return list(sites.latent)
+        if not zm.last_layer:
+            raise ZooError("laplace: subset='last-layer' needs a model that names its output layer "
+                           "(ZooModel(last_layer=[...])); this one does not, so use subset='all'")
+        return zm.last_layer
 
     def _check_memory(self, size: int) -> None:
         limit = self.memory_limit_gb
@@ -93,8 +118,8 @@ class Laplace:
         need = 4 * size * size * 8 / 2**30  # four dense float64 matrices at the peak
         if need > limit:
             raise ZooError(f"laplace: a full Hessian over {size:,} parameters needs about {need:.1f} GiB, "
-                           f"more than the {limit:.1f} GiB allowed; use hessian='diag' "
-                           "(or raise memory_limit_gb)")
+                           f"more than the {limit:.1f} GiB allowed; use hessian='diag' or "
+                           "subset='last-layer' (or raise memory_limit_gb)")
 
     def _map(self, joint: LogJoint, start, alpha: float, progress: bool):
         theta = start.clone().requires_grad_(True)
@@ -104,7 +129,7 @@ class Laplace:
         bar = progress_bar(self.num_steps, "laplace MAP", progress)
         try:
             for step in range(self.num_steps):
-                loss = -sum(joint.terms(theta, alpha)) / joint.num_points
+                loss = -joint.log_joint(theta, alpha, joint.minibatch(step)) / joint.num_points
                 if not torch.isfinite(loss):
                     info["stopped"] = (f"laplace: the MAP loss became {loss.item()} at step {step}; "
                                        "kept the last finite state. Lower lr or standardise the data")
@@ -138,32 +163,36 @@ class Laplace:
         info["map_loss"] = losses[-1] if losses else float("nan")
         return theta.detach(), losses, info
 
-    def _likelihood_curvature(self, joint, theta):
-        if self.curvature == "exact":
-            return _curvature(lambda t: -joint.terms(t)[0], theta, self.hessian)
-        fisher = 0.0
-        for _ in range(self.fisher_samples):
-            y_sim = joint.simulate(theta)
-            jac = torch.autograd.functional.jacobian(lambda t, y=y_sim: joint.pointwise(t, y), theta,
-                                                     vectorize=True)
-            fisher = fisher + (jac.T @ jac if self.hessian == "full" else (jac ** 2).sum(0))
-        return fisher / self.fisher_samples
+    def _likelihood_curvature(self, joint, theta, sub):
+        size = len(sub)
+        total = torch.zeros((size, size) if self.hessian == "full" else size, device=theta.device)
+        y, names = joint.args[-1], joint.names_of(sub)
+        for idx in joint.blocks(max_jacobian_rows=2**25 // max(size, 1)):
+            if self.curvature == "exact":
+                total += _curvature(lambda t, i=idx: -joint.pointwise(joint.embed(theta, names, t), y, i).sum(),
+                                    theta[sub], self.hessian)
+                continue
+            for _ in range(self.fisher_samples):
+                y_sim = joint.simulate(theta, idx)
+                jac = torch.func.jacrev(
+                    lambda t, i=idx, ys=y_sim: joint.pointwise(joint.embed(theta, names, t), ys, i))(theta[sub])
+                total += (jac.T @ jac if self.hessian == "full" else (jac ** 2).sum(0)) / self.fisher_samples
+        return total
 
-    def _prior_scale(self, joint, theta, h_lik, h_normal, h_other):
+    def _prior_scale(self, joint, theta, sub, h_data, h_normal):
         """The prior-precision factor alpha maximising the Laplace evidence, and that evidence."""
-        loglik, _, other = (t.item() for t in joint.terms(theta))
+        with torch.no_grad():
+            fixed = joint.total_log_likelihood(theta) + joint.other_log_prior(theta).item()
+        fixed += 0.5 * len(sub) * math.log(2 * math.pi)
+        logdet = _logdet_path(h_data.double(), h_normal.double(), self.hessian)
 
         def log_evidence(alpha):
-            precision = (h_lik + alpha * h_normal + h_other).double()
-            logdet = (torch.linalg.slogdet(precision) if self.hessian == "full"
-                      else (torch.sign(precision).prod(), precision.abs().log().sum()))
-            if logdet[0] <= 0:
+            value = logdet(alpha)
+            if value is None:
                 return -math.inf
-            normal = joint.terms(theta, alpha)[1].item()
-            return (loglik + normal + other + 0.5 * joint.size * math.log(2 * math.pi)
-                    - 0.5 * logdet[1].item())
+            return fixed + joint.normal_log_prior(theta, alpha, sub).item() - 0.5 * value
 
-        grid = [10 ** (k / 10) for k in range(-30, 31)] if self.tune_prior and joint.has_normal else [1.0]
+        grid = [10 ** (k / 10) for k in range(-30, 31)] if self.tune_prior and bool((h_normal > 0).any()) else [1.0]
         alpha = max(grid, key=log_evidence)
         return alpha, log_evidence(alpha)
 
@@ -180,6 +209,26 @@ class Laplace:
         # theta + L^-T eps has covariance (L L^T)^-1 = precision^-1
         offsets = torch.linalg.solve_triangular(chol.T, eps.T, upper=True).T
         return (theta + offsets).float()
+
+
+def _logdet_path(h_data, d, structure):
+    """``alpha -> log det(h_data + alpha diag(d))`` (None where not positive definite).
+
+    Dense with every d > 0: one eigendecomposition of D^-1/2 H D^-1/2 serves every alpha.
+    """
+    if structure == "diag":
+        return lambda alpha: None if ((h_data + alpha * d) <= 0).any() else float((h_data + alpha * d).log().sum())
+    if bool((d > 0).all()):
+        root = d.rsqrt()
+        mu = torch.linalg.eigvalsh(h_data * root[:, None] * root[None, :])
+        log_d = float(d.log().sum())
+        return lambda alpha: None if (mu + alpha <= 0).any() else log_d + float((mu + alpha).log().sum())
+
+    def slow(alpha):
+        sign, value = torch.linalg.slogdet(h_data + alpha * torch.diag(d))
+        return None if sign <= 0 else float(value)
+
+    return slow
 
 
 def _not_positive(count: int, curvature: str) -> ZooError:
@@ -217,22 +266,69 @@ def _normal_base(fn):
 
 
 class LogJoint:
-    """The model's log joint as a function of one flat vector of unconstrained latents."""
+    """The model's log joint as a function of one flat vector of unconstrained latents.
 
-    def __init__(self, model, args, sites, init_loc_fn):
+    With ``batch_size`` the data term is evaluated on minibatches (scaled by N / B through the
+    indices of ``pyro.plate("data")``) and the curvature in blocks of points.
+    """
+
+    def __init__(self, model, args, sites, init_loc_fn, batch_size=None):
         self.model, self.args, self.sites = model, args, sites
+        self.num_points = max(args[0].shape[0], 1)
+        self.batch_size = batch_size if batch_size is not None and batch_size < self.num_points else None
         with torch.no_grad():
-            trace = poutine.trace(InitMessenger(init_loc_fn)(model)).get_trace(*args)
+            trace = poutine.trace(InitMessenger(init_loc_fn)(model)).get_trace(*args) \
+                if self.batch_size is None else self._init_trace(init_loc_fn)
         self.names = list(sites.latent)
         self.transforms = {n: biject_to(trace.nodes[n]["fn"].support) for n in self.names}
         self.shapes = {n: trace.nodes[n]["value"].shape for n in self.names}
         self.initial = torch.cat([self.transforms[n].inv(trace.nodes[n]["value"]).reshape(-1)
                                   for n in self.names]).detach()
         self.size = self.initial.numel()
-        self.num_points = max(args[0].shape[0], 1)
-        self.has_normal = any(_normal_base(trace.nodes[n]["fn"]) is not None for n in self.names)
+        scales = []
+        for n in self.names:
+            base = _normal_base(trace.nodes[n]["fn"])
+            scale = torch.zeros(self.shapes[n]) if base is None else base.scale.expand(self.shapes[n])
+            scales.append(scale.reshape(-1).to(self.initial.device))
+        self.prior_scale = torch.cat(scales)  # 0 where the prior is not Normal
+        self.is_normal = self.prior_scale > 0
+        self.normal_precision = torch.where(self.is_normal, self.prior_scale.clamp_min(1e-30) ** -2, 0.0)
+        self.order = torch.randperm(self.num_points, device=self.initial.device)
+
+    def _init_trace(self, init_loc_fn):
+        with MinibatchIndices(torch.arange(1, device=self.args[0].device)):
+            return poutine.trace(InitMessenger(init_loc_fn)(self.model)).get_trace(*self.args)
+
+    def coordinates(self, names) -> torch.Tensor:
+        """Indices into the flat vector of the sites ``names``."""
+        spans, start = {}, 0
+        for n in self.names:
+            size = math.prod(self.shapes[n])
+            spans[n] = torch.arange(start, start + size)
+            start += size
+        return torch.cat([spans[n] for n in names]).to(self.initial.device)
+
+    def names_of(self, sub) -> list[str]:
+        """The sites whose coordinates make up ``sub`` (whole sites, in order)."""
+        covered = set(sub.tolist())
+        return [n for n in self.names if int(self.coordinates([n])[0]) in covered]
+
+    def embed(self, theta, names, values) -> dict[str, torch.Tensor]:
+        """Sites of ``theta`` (held fixed) with the sites ``names`` taken from the vector ``values``.
+
+        Only those sites carry gradients, so a curvature over the last layer back-propagates
+        through the last layer only.
+        """
+        parts, start = self._split(theta.detach()), 0
+        for n in names:
+            size = math.prod(self.shapes[n])
+            parts[n] = values[start:start + size].reshape(self.shapes[n])
+            start += size
+        return parts
 
     def _split(self, theta):
+        if isinstance(theta, dict):
+            return theta
         out, start = {}, 0
         for n in self.names:
             size = math.prod(self.shapes[n])
@@ -243,38 +339,87 @@ class LogJoint:
     def constrain(self, theta) -> dict[str, torch.Tensor]:
         return {n: self.transforms[n](v) for n, v in self._split(theta).items()}
 
-    def _trace(self, theta, args):
+    def minibatch(self, step: int):
+        """The indices of minibatch ``step`` (None: full batch)."""
+        if self.batch_size is None:
+            return None
+        per_epoch = self.num_points // self.batch_size
+        if step % per_epoch == 0 and step:
+            self.order = torch.randperm(self.num_points, device=self.order.device)
+        start = (step % per_epoch) * self.batch_size
+        return self.order[start:start + self.batch_size]
+
+    def blocks(self, max_jacobian_rows: int):
+        """Consecutive blocks of point indices covering the data (None: all at once)."""
+        size = min(self.batch_size or self.num_points, max(max_jacobian_rows, 1))
+        if self.batch_size is None or size >= self.num_points:
+            yield None
+            return
+        for start in range(0, self.num_points, size):
+            yield torch.arange(start, min(start + size, self.num_points), device=self.initial.device)
+
+    def _trace(self, theta, args, indices=None):
+        values = self.constrain(theta)
+        model = poutine.condition(self.model, values)
+        if indices is None:
+            return poutine.trace(model).get_trace(*args)
+        with MinibatchIndices(indices):
+            return poutine.trace(model).get_trace(*args)
+
+    def _log_jacobian(self, theta):
         unconstrained = self._split(theta)
-        values = {n: self.transforms[n](v) for n, v in unconstrained.items()}
-        logdet = sum(self.transforms[n].log_abs_det_jacobian(unconstrained[n], values[n]).sum()
-                     for n in self.names)
-        trace = poutine.trace(poutine.condition(self.model, values)).get_trace(*args)
-        return trace, logdet
+        return sum(self.transforms[n].log_abs_det_jacobian(u, self.transforms[n](u)).sum()
+                   for n, u in unconstrained.items())
 
-    def terms(self, theta, alpha: float = 1.0):
-        """(log likelihood, log prior of Normal sites scaled by alpha, other log prior + log|J|)."""
-        trace, logdet = self._trace(theta, self.args)
-        loglik = sum(trace.nodes[n]["fn"].log_prob(trace.nodes[n]["value"]).sum()
-                     for n in self.sites.observed)
-        normal, other = 0.0, logdet
+    def normal_log_prior(self, theta, alpha: float = 1.0, sub=None):
+        """Sum of the Normal priors' log densities (precision scaled by alpha), over ``sub`` or all."""
+        mask = self.is_normal
+        if sub is not None:
+            mask = mask & torch.zeros_like(mask).index_fill(0, sub, True)
+        sd = self.prior_scale[mask] / math.sqrt(alpha)
+        return dist.Normal(torch.zeros_like(sd), sd).log_prob(theta[..., mask]).sum()
+
+    def other_log_prior(self, theta):
+        """Log prior of the non-Normal sites plus the log |Jacobian| of the unconstrained map."""
+        one_point = None if self.batch_size is None else torch.arange(1, device=self.initial.device)
+        trace = self._trace(theta, self.args, one_point)
+        other = self._log_jacobian(theta)
         for n in self.names:
-            fn, value = trace.nodes[n]["fn"], trace.nodes[n]["value"]
-            base = _normal_base(fn)
-            if base is None:
-                other = other + fn.log_prob(value).sum()
-            else:
-                scaled = dist.Normal(base.loc, base.scale / math.sqrt(alpha))
-                normal = normal + scaled.log_prob(value).sum()
-        return loglik, torch.as_tensor(normal), other
+            fn = trace.nodes[n]["fn"]
+            if _normal_base(fn) is None:
+                other = other + fn.log_prob(trace.nodes[n]["value"]).sum()
+        return torch.as_tensor(other)
 
-    def pointwise(self, theta, y):
-        """Log likelihood per data point with observations ``y`` in place of the data's."""
-        trace, _ = self._trace(theta, (*self.args[:-1], y))
+    def log_joint(self, theta, alpha: float = 1.0, indices=None):
+        """Log likelihood (on a minibatch, scaled by N / B) + every log prior + log |J|."""
+        trace = self._trace(theta, self.args, indices)
+        loglik = sum(trace.nodes[n]["scale"] * trace.nodes[n]["fn"].log_prob(trace.nodes[n]["value"]).sum()
+                     for n in self.sites.observed)
+        other = self._log_jacobian(theta)
+        for n in self.names:
+            fn = trace.nodes[n]["fn"]
+            if _normal_base(fn) is None:
+                other = other + fn.log_prob(trace.nodes[n]["value"]).sum()
+        return loglik + self.normal_log_prior(theta, alpha) + other
+
+    def pointwise(self, theta, y, indices=None):
+        """Log likelihood per data point (of the block ``indices``) with observations ``y``."""
+        trace = self._trace(theta, (*self.args[:-1], y), indices)
         return sum(trace.nodes[n]["fn"].log_prob(trace.nodes[n]["value"]) for n in self.sites.observed)
 
-    def simulate(self, theta):
-        """Observations drawn from the model at ``theta`` (for the Monte Carlo Fisher)."""
+    def total_log_likelihood(self, theta) -> float:
+        return sum(float(self.pointwise(theta, self.args[-1], idx).sum())
+                   for idx in self.blocks(self.batch_size or self.num_points))
+
+    def simulate(self, theta, indices=None):
+        """Observations drawn from the model at ``theta`` (for the Monte Carlo Fisher), placed in
+        a full-length copy of the data's observations at ``indices``."""
         with torch.no_grad():
-            trace, _ = self._trace(theta, (*self.args[:-1], None))
+            trace = self._trace(theta, (*self.args[:-1], None), indices)
         (name,) = self.sites.observed
-        return trace.nodes[name]["value"]
+        drawn = trace.nodes[name]["value"]
+        if indices is None:
+            return drawn
+        y = self.args[-1].clone()
+        y[indices] = drawn.to(y.dtype)
+        return y

@@ -158,8 +158,7 @@ class Posterior:
         pred = self.predict(args[:-1])
         y = args[-1]
         if pred.probs is not None:  # nll = -log of the draw-averaged probability, as test_ll below
-            return {"accuracy": metrics.accuracy(pred.probs, y), "nll": metrics.nll(pred.probs, y),
-                    "ece": metrics.ece(pred.probs, y), "brier": metrics.brier(pred.probs, y)}
+            return metrics.classification(pred.probs, y)
         log_lik = self.log_likelihood(args)
         test_ll = float((torch.logsumexp(log_lik, 0) - math.log(log_lik.shape[0])).mean())
         y_orig = y * self.target_scale[1] + self.target_scale[0]

@@ -1,0 +1,177 @@
+"""Bayesian LeNet and LSTM: shapes, MC dropout, per-example noise, last-layer Laplace, bad input."""
+
+import warnings
+
+import pyro
+import pytest
+import torch
+
+import zoo
+from zoo.inference.posterior import Posterior
+from zoo.models import noise
+from zoo.models.layers import conv2d, dense
+
+TINY_CNN = dict(channels=[2, 3], hidden=6)
+
+
+@pytest.fixture(scope="module")
+def images():
+    torch.manual_seed(0)
+    x = torch.rand(40, 1, 16, 16)
+    y = (x[:, 0, :8].mean((-1, -2)) > x[:, 0, 8:].mean((-1, -2))).long() + 2 * (x[:, 0, :, :8].mean((-1, -2)) > 0.5)
+    return x, y
+
+
+@pytest.mark.parametrize("guide", ["mc-dropout", "mean-field", "delta"])
+def test_lenet_guides_fit_and_predict_shapes(images, guide):
+    x, y = images
+    zm = zoo.load("bayes-lenet", data=(x, y), **TINY_CNN)
+    post = zoo.fit(zm, (x, y), "svi", guide=guide, num_steps=5, batch_size=16, num_samples=7, seed=0)
+    pred = post.predict(x[:9])
+    assert pred.probs.shape == (9, 10) and pred.draw_probs.shape == (7, 9, 10)
+    torch.testing.assert_close(pred.probs.sum(-1), torch.ones(9))
+    assert set(post.evaluate((x, y))) == {"accuracy", "nll", "ece", "brier"}
+
+
+def _dropout_posterior(images, p, num_samples=400):
+    x, y = images
+    zm = zoo.load("bayes-lenet", data=(x, y), **TINY_CNN)
+    post = zoo.fit(zm, (x, y), "svi", guide="mc-dropout", guide_options={"p": p, "conv_p": p}, num_steps=1,
+                   lr=1e-9, num_samples=num_samples, seed=0)
+    mean_weights = {n: post.params[f"mc_dropout.{n}"][None, None] for n in post.sites.latent}
+    return post, Posterior(post.model, mean_weights, method="svi", sites=post.sites)
+
+
+def test_mc_dropout_passes_differ_and_their_mean_tends_to_weight_scaling(images):
+    x, _ = images
+    gaps = []
+    for p in (0.5, 0.1, 0.001):
+        post, scaled = _dropout_posterior(images, p)
+        draws = post.predict(x).draw_probs
+        if p == 0.5:
+            assert (draws[0] - draws[1]).abs().max() > 1e-3  # stochastic passes differ
+        gaps.append(float((draws.mean(0) - scaled.predict(x).probs).abs().max()))
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-3
+
+
+def test_per_example_noise_is_unbiased_with_the_right_variance():
+    torch.manual_seed(0)
+    loc, scale = torch.randn(3, 4), torch.rand(3, 4) * 0.5
+    x = torch.randn(1, 4).expand(20000, 4)
+    w = loc + scale * torch.randn(3, 4)
+    for tied in (False, True):
+        with noise.per_example_noise():
+            noise.register(w, "normal", loc, scale)
+            out = dense(x, w, tied=tied)
+        if not tied:  # local reparameterisation: the exact output distribution per example
+            torch.testing.assert_close(out.mean(0), x[0] @ loc.T, atol=0.05, rtol=0)
+            torch.testing.assert_close(out.var(0), (x[0] ** 2) @ (scale ** 2).T, atol=0.05, rtol=0.1)
+        else:  # flipout: one weight sample per example, mean exact, rows decorrelated
+            torch.testing.assert_close(out.mean(0), x[0] @ loc.T, atol=0.05, rtol=0)
+            assert out.std(0).min() > 0.05
+    assert torch.equal(dense(x[:2], w)[0], dense(x[:2], w)[1])  # outside the block: one shared weight
+
+
+def test_per_example_dropout_masks_for_dense_and_conv():
+    torch.manual_seed(0)
+    m = torch.randn(5, 3, 3, 3)
+    x = torch.rand(1, 3, 6, 6).expand(4000, 3, 6, 6)
+    with noise.per_example_noise():
+        noise.register(m, "dropout", m, keep=0.5)
+        out = conv2d(x, m, torch.zeros(5))
+    assert (out[0] - out[1]).abs().max() > 0
+    torch.testing.assert_close(out.mean(0), conv2d(x[:1], m, torch.zeros(5))[0], atol=0.1, rtol=0.05)
+
+
+def test_last_layer_laplace_on_a_tiny_cnn(images):
+    x, y = images
+    zm = zoo.load("lenet", data=(x, y), **TINY_CNN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", zoo.ZooWarning)  # minibatch MAP losses are noisy
+        fits = {curv: zoo.fit(zm, (x, y), "laplace", curvature=curv, hessian="full", fisher_samples=48,
+                              num_steps=300, lr=1e-2, num_samples=50, seed=0, tune_prior=False, batch_size=20)
+                for curv in ("exact", "fisher")}
+    post = fits["exact"]
+    assert post.info["num_parameters"] == 10 * 6 + 10
+    draws = post.flat_samples()
+    assert draws["w3"].std(0).min() > 0 and float(draws["w0"].std(0).max()) == 0.0
+    # softmax output layer: the log likelihood's Hessian is its Fisher, so the two must agree
+    exact, fisher = (f.params["laplace.precision"] for f in fits.values())
+    assert float((exact - fisher).norm() / exact.norm()) < 0.2
+
+
+def test_nuts_is_refused_on_a_big_lenet_but_not_a_tiny_one(images):
+    x, y = images
+    with pytest.raises(zoo.ZooError, match="weights; NUTS"):
+        zoo.fit(zoo.load("bayes-lenet", data=(x, y)), (x, y), "nuts")
+    assert "nuts" not in zoo.load("bayes-lenet", data=(x, y), channels=[1, 1], hidden=2).refused
+
+
+def test_classifier_arviz_has_last_layer_and_pointwise_log_likelihood(images):
+    x, y = images
+    zm = zoo.load("bayes-lenet", data=(x, y), **TINY_CNN)
+    post = zoo.fit(zm, (x, y), "svi", guide="mean-field", num_steps=3, num_samples=6, seed=0)
+    idata = post.to_arviz((x[:10], y[:10]))
+    assert set(idata.posterior.data_vars) == {"w3", "b3"}
+    assert idata.log_likelihood["y"].shape == (1, 6, 10)
+    assert idata.posterior_predictive["y"].shape == (1, 6, 10)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x, y: (x[:, :, :15], y), r"shape \(points, 1, 16, 16\)"),
+    (lambda x, y: (x * 255, y), r"pixel values must lie in \[0, 1\]"),
+    (lambda x, y: (x, y + 10), r"labels must lie in \[0, 9\]"),
+])
+def test_bad_images_and_labels(images, bad, message):
+    x, y = images
+    zm = zoo.load("bayes-lenet", data=(x, y), **TINY_CNN)
+    with pytest.raises(zoo.ZooError, match=message):
+        zoo.fit(zm, bad(x, y), "svi", num_steps=1)
+
+
+def _tokens():
+    torch.manual_seed(0)
+    x = torch.randint(1, 12, (30, 6))
+    x[::3, 4:] = 0  # shorter sequences, padded
+    y = (x == 3).any(-1).long()
+    return x, y
+
+
+@pytest.mark.parametrize("guide", ["mc-dropout", "mean-field"])
+def test_lstm_guides_fit_and_predict(guide):
+    x, y = _tokens()
+    zm = zoo.load("bayes-lstm", data=(x, y), vocab_size=12, embed_dim=4, hidden=5)
+    post = zoo.fit(zm, (x, y), "svi", guide=guide, num_steps=4, batch_size=10, num_samples=5, seed=0)
+    assert post.predict(x).draw_probs.shape == (5, 30, 2)
+    assert post.flat_samples()["embed"].std(0).max() == 0  # the embedding is a point estimate
+
+
+def test_lstm_state_ignores_padding():
+    x, y = _tokens()
+    zm = zoo.load("lstm", data=(x, y), vocab_size=12, embed_dim=4, hidden=5)
+    post = zoo.fit(zm, (x, y), "svi", num_steps=2, seed=0)
+    padded = torch.cat([x, torch.zeros(30, 3, dtype=torch.long)], 1)
+    torch.testing.assert_close(post.predict(padded).probs, post.predict(x).probs)
+
+
+def test_lstm_bad_input():
+    x, y = _tokens()
+    zm = zoo.load("bayes-lstm", data=(x, y), vocab_size=12, embed_dim=4, hidden=5)
+    empty = x.clone()
+    empty[2] = 0
+    with pytest.raises(zoo.ZooError, match=r"rows \[2\] are empty"):
+        zoo.fit(zm, (empty, y), "svi", num_steps=1)
+    with pytest.raises(zoo.ZooError, match=r"token ids must lie in \[0, 11\]"):
+        zoo.fit(zm, (x + 20, y), "svi", num_steps=1)
+    with pytest.raises(zoo.ZooError, match="integer token ids"):
+        zoo.fit(zm, (x.float(), y), "svi", num_steps=1)
+
+
+def test_lstm_forecaster_learns_a_sine():
+    t = torch.arange(300.0)
+    data = zoo.datasets.series.windows(torch.sin(t / 6) + 0.05 * torch.randn(300, generator=torch.Generator().manual_seed(0)),
+                                       length=12)
+    zm = zoo.load("bayes-lstm-regressor", data=data, hidden=8)
+    post = zoo.fit(zm, data.train, "svi", num_epochs=40, lr=1e-2, num_samples=50, seed=0)
+    result = post.evaluate(data.test)
+    assert result["rmse"] < 0.25 and pyro.get_param_store()  # noise sd 0.05 on a unit sine
