@@ -17,6 +17,19 @@ def test_list_and_info(capsys):
     assert "Gamma(1, 0.01)" in capsys.readouterr().out
 
 
+def test_fit_lenet_on_shipped_mnist_writes_reliability_and_uncertain_images(tmp_path, capsys):
+    out = tmp_path / "lenet"
+    code = main(["fit", "bayes-lenet", "--data", "mnist-mini", "--out", str(out), "--num-samples", "5",
+                 "--set", "channels=[2, 3]", "hidden=8", "--option", "num_epochs=1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "mutual_information" in printed
+    for name in ("reliability.png", "most-uncertain.png", "idata.nc"):
+        assert (out / name).stat().st_size > 1000, name
+    again = zoo.load_posterior(out)
+    assert again.num_draws == 5 and set(again.to_arviz().posterior.data_vars) == {"w3", "b3"}
+
+
 def test_fit_prints_metrics_and_writes_the_run(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["fit", "bnn", "--data", "yacht", "--backend", "nuts", "--out", str(out),

@@ -97,7 +97,7 @@ def draw_from_guide(guide: Callable, args: tuple, sites: Sites, num_samples: int
     """``num_samples`` draws of every latent site from ``guide``, one vectorised pass: (S, *shape)."""
     with torch.no_grad(), pyro.plate("_draws", num_samples, dim=-max_plate_nesting - 1):
         trace = poutine.trace(guide).get_trace(*args)
-    return {name: trace.nodes[name]["value"].reshape(num_samples, *shape)
+    return {name: trace.nodes[name]["value"].detach().reshape(num_samples, *shape)
             for name, (shape, _) in sites.latent.items()}
 
 

@@ -52,7 +52,9 @@ class BayesianLSTM:
         with pyro.plate("data", x.shape[0]) as idx:
             x = x[idx]
             if self.task == "classification":
-                lengths, inputs = (x != 0).sum(-1), w["embed"][..., x, :]
+                lengths = (x != 0).sum(-1)
+                x = x[:, :int(lengths.max())]  # no steps past the batch's longest sequence
+                inputs = w["embed"][..., x, :]
             else:
                 lengths, inputs = torch.full(x.shape[:1], x.shape[1], device=x.device), x
             out = dense(lstm(inputs, lengths, w["w_ih"], w["w_hh"], w["b_lstm"]), w["w_out"], w["b_out"])
