@@ -79,6 +79,8 @@ def run(fractions, methods, epochs, num_samples, n_ood, path, seed):
             model = zoo.load(model_name, data=data)
             if backend == "svi":
                 options = {**options, "num_epochs": n_epochs}
+            else:  # the MAP gets the same number of passes, in minibatches of 256
+                options = {**options, "num_steps": n_epochs * -(-len(data.train) // 256), "lr": 1e-3}
             start = time.perf_counter()
             post = zoo.fit(model, data.train, backend, num_samples=None if model_name == "lenet" and
                            backend == "svi" else num_samples, seed=seed, progress=False, **options)

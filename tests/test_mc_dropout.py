@@ -33,7 +33,7 @@ def test_objective_is_nll_plus_l2_of_the_masked_weights(setup):
     log_norm = sum(v.numel() for v in w.values()) * torch.log(torch.tensor(2.0 * (2 * torch.pi) ** 0.5))
     # the masks' log q(z) is a constant of the family (no parameter in it)
     log_q_masks = sum(trace.nodes[k]["fn"].log_prob(trace.nodes[k]["value"])
-                      for k in ("mc_dropout.mask0", "mc_dropout.mask1"))
+                      for k in ("mc_dropout.w0.mask", "mc_dropout.w1.mask"))
     assert loss == pytest.approx(float(nll + l2 + log_norm + log_q_masks), rel=1e-5)
 
 

@@ -12,7 +12,8 @@ from .._data import Split
 from .._errors import ZooError
 from .._model import ZooModel
 from .._registry import register_model
-from .layers import ACTIVATIONS, layer_sizes, lecun_normal, mc_dropout_guide, mlp_forward, sample_weights
+from .layers import ACTIVATIONS, layer_sizes, lecun_normal, mlp_forward, sample_weights
+from .weight_guides import WeightSite, mc_dropout_guide
 
 GUIDES = ("mean-field", "low-rank", "full-rank", "delta", "mc-dropout")
 PAPERS = ("Blundell et al. 2015, Weight Uncertainty in Neural Networks; "
@@ -119,7 +120,10 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
     extra = {"precision": (10.0, constraints.positive)} if learns_noise else {}
 
     def dropout_guide(zm, p: float = dropout):
-        return mc_dropout_guide("mc_dropout", sizes, p, extra)
+        sites = [site for i, (n_in, n_out) in enumerate(sizes)
+                 for site in (WeightSite(f"w{i}", (n_out, n_in), n_in, p, gain=1.0),
+                              WeightSite(f"b{i}", (n_out,), n_in))]
+        return mc_dropout_guide("mc_dropout", sites, extra)
 
     config = dict(in_features=in_features, hidden=hidden, activation=activation,
                   prior_scale=prior_scale, dropout=dropout)

@@ -55,37 +55,6 @@ def lecun_normal(shape, fan_in: int, device=None) -> torch.Tensor:
     return torch.randn(shape, device=device) / math.sqrt(fan_in)
 
 
-def mc_dropout_guide(name: str, sizes, p: float, extra_sites=None):
-    """Gal & Ghahramani's MC dropout as a variational family over MLP weights.
-
-    q(W_i) puts W_i = M_i diag(z_i) / (1 - p) with z_ij ~ Bernoulli(1 - p) masking the input units
-    of layer i; biases and ``extra_sites`` (name -> (init, constraint)) are point masses. Under the
-    ELBO the Gaussian log prior evaluated at the masked weights is, in expectation, the L2 term
-    that approximates KL(q || p); log q of a point mass is 0, so the objective is NLL + L2.
-    """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout p must be in [0, 1), got {p}")
-    keep = 1.0 - p
-    extra_sites = extra_sites or {}
-
-    def guide(x, *args, **kwargs):
-        for i, (n_in, n_out) in enumerate(sizes):
-            m = pyro.param(f"{name}.w{i}", lambda: lecun_normal((n_out, n_in), n_in, x.device))
-            bias = pyro.param(f"{name}.b{i}", lambda: torch.zeros(n_out, device=x.device))
-            mask = pyro.sample(
-                f"{name}.mask{i}", dist.Bernoulli(torch.full((n_in,), keep, device=x.device)).to_event(1),
-                infer={"is_auxiliary": True},
-            )
-            pyro.sample(f"w{i}", dist.Delta(m * mask.unsqueeze(-2) / keep, event_dim=2))
-            pyro.sample(f"b{i}", dist.Delta(bias, event_dim=1))
-        for site, (init, constraint) in extra_sites.items():
-            value = pyro.param(f"{name}.{site}", lambda: torch.as_tensor(init, device=x.device),
-                               constraint=constraint)
-            pyro.sample(site, dist.Delta(value))
-
-    return guide
-
-
 def weight(name: str, shape, prior_scale: float, device) -> torch.Tensor:
     """A weight site ``name`` with an N(0, prior_scale^2) prior on each entry, plate slot removed."""
     prior = dist.Normal(torch.zeros((), device=device), prior_scale).expand(list(shape)).to_event(len(shape))

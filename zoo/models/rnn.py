@@ -13,7 +13,7 @@ from .._model import ZooModel
 from .._registry import register_model
 from .cnn import check_labels
 from .layers import dense, weight
-from .weight_guides import WeightSite, mc_dropout_guide, mean_field_guide
+from .weight_guides import LAST_LAYER_LAPLACE, WeightSite, mc_dropout_guide, mean_field_guide
 
 PAPERS = ("Hochreiter & Schmidhuber 1997; Gal & Ghahramani 2016, A Theoretically Grounded Application "
           "of Dropout in Recurrent Neural Networks; Fortunato et al. 2017, Bayesian Recurrent Neural Networks")
@@ -155,7 +155,7 @@ def _init_loc(net, regression):
 
 
 TEXT_DEFAULTS = {"svi": {"batch_size": 64, "lr": 3e-3, "num_epochs": 3},
-                 "laplace": {"subset": "last-layer", "curvature": "fisher", "batch_size": 256}}
+                 "laplace": LAST_LAYER_LAPLACE}
 
 
 def _text_model(name, data, vocab_size, embed_dim, hidden, num_classes, prior_scale, dropout):
@@ -214,6 +214,6 @@ def bayes_lstm_regressor(*, data=None, in_features: int | None = None, hidden: i
     net = BayesianLSTM("regression", in_features, hidden, 1, prior_scale)
     config = dict(in_features=in_features, hidden=hidden, prior_scale=prior_scale, dropout=dropout)
     defaults = {"svi": {"batch_size": 64, "lr": 3e-3, "num_epochs": 20},
-                "laplace": {"subset": "last-layer", "curvature": "fisher", "batch_size": 256}}
+                "laplace": LAST_LAYER_LAPLACE}
     return _zoo_model("bayes-lstm-regressor", net, _series_validator("bayes-lstm-regressor", in_features),
                       config, dropout, defaults)
