@@ -12,7 +12,7 @@ from .._data import Split
 from .._errors import ZooError
 from .._model import ZooModel
 from .._registry import register_model
-from .layers import ACTIVATIONS, layer_sizes, lecun_normal, mlp_forward, sample_weights
+from .layers import ACTIVATIONS, layer_sizes, lecun_normal, mlp_forward, observe, sample_weights
 from .weight_guides import WeightSite, mc_dropout_guide
 
 GUIDES = ("mean-field", "low-rank", "full-rank", "delta", "mc-dropout")
@@ -46,12 +46,7 @@ class BayesianMLP:
                 sigma = torch.tensor(float(self.noise_scale), device=x.device)
         with pyro.plate("data", x.shape[0]) as idx:
             out = mlp_forward(x[idx], layers, self.activation)
-            obs = None if y is None else y[idx]
-            if self.task == "regression":
-                f = pyro.deterministic("f", out[..., 0])
-                return pyro.sample("y", dist.Normal(f, sigma), obs=obs)
-            logits = pyro.deterministic("logits", out, event_dim=1)
-            return pyro.sample("y", dist.Categorical(logits=logits), obs=obs)
+            return observe(out, None if y is None else y[idx], sigma if self.task == "regression" else None)
 
 
 def _infer_sizes(data, in_features, out_features, task):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pyro
-import pyro.distributions as dist
 import torch
 
 from .._errors import ZooError
 from .._model import ZooModel
 from .._registry import register_model
-from .layers import conv2d, dense, max_pool, weight
+from .layers import conv2d, dense, max_pool, observe, weight
 from .weight_guides import LAST_LAYER_LAPLACE, WeightSite, mc_dropout_guide, mean_field_guide
 
 PAPERS = ("LeCun et al. 1998; Gal & Ghahramani 2015, Bayesian CNNs with Bernoulli Approximate "
@@ -47,8 +46,7 @@ class BayesianLeNet:
             h = max_pool(torch.relu(conv2d(x[idx], w["w0"], w["b0"])))
             h = max_pool(torch.relu(conv2d(h, w["w1"], w["b1"])))
             h = torch.relu(dense(h.flatten(-3), w["w2"], w["b2"]))
-            logits = pyro.deterministic("logits", dense(h, w["w3"], w["b3"]), event_dim=1)
-            return pyro.sample("y", dist.Categorical(logits=logits), obs=None if y is None else y[idx])
+            return observe(dense(h, w["w3"], w["b3"]), None if y is None else y[idx])
 
     @property
     def num_weights(self) -> int:

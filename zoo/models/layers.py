@@ -112,3 +112,13 @@ def max_pool(x: torch.Tensor, size: int = 2) -> torch.Tensor:
     """Max pooling over the last two dims of ``(..., C, H, W)``."""
     out = F.max_pool2d(x.reshape(-1, *x.shape[-3:]), size)
     return out.reshape(*x.shape[:-3], *out.shape[-3:])
+
+
+def observe(out: torch.Tensor, y, sigma=None) -> torch.Tensor:
+    """The likelihood site ``y`` of a network's output: Normal(f = out[..., 0], sigma) when ``sigma``
+    is given (regression), else Categorical(logits = out); ``f`` / ``logits`` are kept as deterministic."""
+    if sigma is not None:
+        f = pyro.deterministic("f", out[..., 0])
+        return pyro.sample("y", dist.Normal(f, sigma), obs=y)
+    logits = pyro.deterministic("logits", out, event_dim=1)
+    return pyro.sample("y", dist.Categorical(logits=logits), obs=y)

@@ -12,7 +12,7 @@ from .._errors import ZooError
 from .._model import ZooModel
 from .._registry import register_model
 from .cnn import check_labels
-from .layers import dense, weight
+from .layers import dense, observe, weight
 from .weight_guides import LAST_LAYER_LAPLACE, WeightSite, mc_dropout_guide, mean_field_guide
 
 PAPERS = ("Hochreiter & Schmidhuber 1997; Gal & Ghahramani 2016, A Theoretically Grounded Application "
@@ -46,6 +46,7 @@ class BayesianLSTM:
 
     def __call__(self, x, y=None):
         w = {s.name: weight(s.name, s.shape, self.prior_scale, x.device) for s in self.sites}
+        sigma = None
         if self.task == "regression":
             a, b = (torch.tensor(float(v), device=x.device) for v in self.precision_prior)
             sigma = pyro.sample("precision", dist.Gamma(a, b)).rsqrt()
@@ -58,12 +59,7 @@ class BayesianLSTM:
             else:
                 lengths, inputs = torch.full(x.shape[:1], x.shape[1], device=x.device), x
             out = dense(lstm(inputs, lengths, w["w_ih"], w["w_hh"], w["b_lstm"]), w["w_out"], w["b_out"])
-            obs = None if y is None else y[idx]
-            if self.task == "regression":
-                f = pyro.deterministic("f", out[..., 0])
-                return pyro.sample("y", dist.Normal(f, sigma), obs=obs)
-            logits = pyro.deterministic("logits", out, event_dim=1)
-            return pyro.sample("y", dist.Categorical(logits=logits), obs=obs)
+            return observe(out, None if y is None else y[idx], sigma)
 
     @property
     def num_weights(self) -> int:
