@@ -55,7 +55,7 @@ def summarise():
         if line.strip():
             row = json.loads(line)
             latest[(row["train_size"], row["method"])] = row
-    cols = ["accuracy", "nll", "ece", "brier", "mutual_information", "fit_s", "predict_s"]
+    cols = ["accuracy", "nll", "ece", "brier", "mutual_information", "draws", "fit_s", "predict_s"]
     lines = ["# bayes-lstm on SST-2 (dev set, 872 sentences)", "",
              "| method | model | training phrases | epochs | " + " | ".join(cols) + " |",
              "|---" * (len(cols) + 4) + "|"]
@@ -64,8 +64,8 @@ def summarise():
         lines.append(f"| {row['method']} | {row['model']} | {row['train_size']:,} | {row['epochs']} | "
                      + " | ".join(cells) + " |")
     first = next(iter(latest.values()))
-    lines += ["", f"Hardware: {first['hardware']}, torch {first['torch']}; {first['draws']} posterior draws "
-                  "for the Bayesian rows, one for map.", ""]
+    lines += ["", f"Hardware: {first['hardware']}, torch {first['torch']}; wall seconds, the runs shared "
+                  "the 2 cores with other jobs.", ""]
     (RESULTS / "sst2.md").write_text("\n".join(lines))
     (RESULTS / "sst2.json").write_text(json.dumps(list(latest.values()), indent=1))
     print("\n".join(lines))
