@@ -61,7 +61,7 @@ def main(argv=None) -> int:
 
             for name in list_models():
                 c = card(name)
-                print(f"{name:18s} {c.task:15s} {c.family:14s} backends: {', '.join(c.backends)}")
+                print(f"{name:22s} {c.task:15s} {c.family:14s} backends: {', '.join(c.backends)}")
         elif args.command == "info":
             from . import card
 

@@ -128,7 +128,8 @@ def _build(name, data, image_shape, channels, hidden, num_classes, prior_scale, 
                 likelihood="Categorical(logits=LeNet(x))", default_guide="mc-dropout",
                 guides=("mc-dropout", "mean-field", "delta"), paper=PAPERS,
                 notes="MC dropout on every layer's input (channels for conv2) with per-example masks; "
-                      "mean-field uses the local reparameterisation (dense) and flipout (conv).")
+                      "mean-field uses the local reparameterisation (dense) and flipout (conv). nuts is refused "
+                      "above 5,000 weights (the default net has 431,080); tiny configs may use it.")
 def bayes_lenet(*, data=None, image_shape=(1, 28, 28), channels=(20, 50), hidden: int = 500,
                 num_classes: int = 10, prior_scale: float = 1.0, dropout: float = 0.5,
                 conv_dropout: float = 0.2) -> ZooModel:

@@ -175,7 +175,8 @@ def _text_model(name, data, vocab_size, embed_dim, hidden, num_classes, prior_sc
                 default_guide="mc-dropout", guides=("mc-dropout", "mean-field", "delta"), paper=PAPERS,
                 notes="mc-dropout is variational dropout tied across time (one mask per sequence on input, "
                       "hidden and output units); mean-field uses flipout, also tied across time. "
-                      "The embedding is a MAP point estimate under every guide.")
+                      "The embedding is a MAP point estimate under every guide. nuts is refused above 5,000 "
+                      "weights; tiny configs may use it.")
 def bayes_lstm(*, data=None, vocab_size: int | None = None, embed_dim: int = 64, hidden: int = 64,
                num_classes: int | None = None, prior_scale: float = 1.0, dropout: float = 0.25) -> ZooModel:
     """Bayesian LSTM sentence classifier over token ids (``zoo.datasets.load("sst2")``)."""
