@@ -9,7 +9,7 @@ from .._errors import ZooError
 from .._model import ZooModel
 from .._registry import register_model
 from .layers import conv2d, dense, max_pool, observe, weight
-from .weight_guides import LAST_LAYER_LAPLACE, WeightSite, mc_dropout_guide, mean_field_guide
+from .weight_guides import LAST_LAYER_LAPLACE, WeightSite, init_at, mc_dropout_guide, mean_field_guide
 
 PAPERS = ("LeCun et al. 1998; Gal & Ghahramani 2015, Bayesian CNNs with Bernoulli Approximate "
           "Variational Inference; Blundell et al. 2015; Wen et al. 2018, Flipout")
@@ -117,7 +117,7 @@ def _build(name, data, image_shape, channels, hidden, num_classes, prior_scale, 
     return ZooModel(
         net, guides={"mean-field": mean_field, "mc-dropout": mc_dropout}, config=config,
         validate=image_validator(name, image_shape, num_classes),
-        init_loc_fn=lambda site: next(s for s in net.sites if s.name == site["name"]).init(site["fn"].mean.device),
+        init_loc_fn=init_at(net.sites),
         fit_defaults={"svi": {"batch_size": 128, "lr": 1e-3, "num_epochs": 5},
                       "laplace": LAST_LAYER_LAPLACE},
         num_samples=100, refused=refused, last_layer=["w3", "b3"], predict_batch=64,

@@ -13,7 +13,7 @@ from .._model import ZooModel
 from .._registry import register_model
 from .cnn import check_labels
 from .layers import dense, observe, weight
-from .weight_guides import LAST_LAYER_LAPLACE, WeightSite, mc_dropout_guide, mean_field_guide
+from .weight_guides import LAST_LAYER_LAPLACE, WeightSite, init_at, mc_dropout_guide, mean_field_guide
 
 PAPERS = ("Hochreiter & Schmidhuber 1997; Gal & Ghahramani 2016, A Theoretically Grounded Application "
           "of Dropout in Recurrent Neural Networks; Fortunato et al. 2017, Bayesian Recurrent Neural Networks")
@@ -136,18 +136,9 @@ def _zoo_model(name, net, validate, config, dropout, fit_defaults):
         refused["nuts"] = (f"this LSTM has {net.num_weights:,} weights; NUTS is impractical at that size. "
                            f"Use svi or laplace, or a tiny config (at most {MAX_NUTS_WEIGHTS:,} weights)")
     return ZooModel(net, guides={"mean-field": mean_field, "mc-dropout": variational_dropout}, config=config,
-                    validate=validate, init_loc_fn=_init_loc(net, regression), fit_defaults=fit_defaults,
+                    validate=validate, init_loc_fn=init_at(net.sites, {"precision": 10.0}), fit_defaults=fit_defaults,
                     num_samples=100, refused=refused, last_layer=["w_out", "b_out"], predict_batch=256,
                     summary_sites=["precision"] if regression else [])
-
-
-def _init_loc(net, regression):
-    def init(site):
-        if regression and site["name"] == "precision":
-            return torch.tensor(10.0, device=site["fn"].mean.device)
-        return next(s for s in net.sites if s.name == site["name"]).init(site["fn"].mean.device)
-
-    return init
 
 
 TEXT_DEFAULTS = {"svi": {"batch_size": 64, "lr": 3e-3, "num_epochs": 3},

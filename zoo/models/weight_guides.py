@@ -105,3 +105,18 @@ def mc_dropout_guide(prefix: str, sites: list[WeightSite], extra_sites=None):
         point_masses(prefix, extra_sites or {}, device)
 
     return guide
+
+
+def init_at(sites: list[WeightSite], extra: dict | None = None):
+    """``init_loc_fn`` for autoguides (the MAP twins): each weight site starts at its own init,
+    the sites in ``extra`` (name -> value) at that value."""
+    by_name = {site.name: site for site in sites}
+    extra = extra or {}
+
+    def init(site):
+        device = site["fn"].mean.device
+        if site["name"] in extra:
+            return torch.as_tensor(extra[site["name"]], device=device)
+        return by_name[site["name"]].init(device)
+
+    return init
