@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import _runs
 import torch
 
 import zoo
@@ -54,9 +55,8 @@ def ood_sets(test, n):
 def score(post, data, ood, n_ood):
     start = time.perf_counter()
     pred = post.predict(data.test.x)
-    row = {"error_pct": 100 * (1 - metrics.accuracy(pred.probs, data.test.y)),
-           "nll": metrics.nll(pred.probs, data.test.y), "ece": metrics.ece(pred.probs, data.test.y),
-           "brier": metrics.brier(pred.probs, data.test.y)}
+    row = metrics.classification(pred.probs, data.test.y)
+    row = {"error_pct": 100 * (1 - row.pop("accuracy")), **row}
     inside = pred.draw_probs[:, :n_ood]
     for name, x in ood.items():
         outside = post.predict(x).draw_probs
@@ -68,7 +68,6 @@ def score(post, data, ood, n_ood):
 
 
 def run(fractions, methods, epochs, num_samples, n_ood, path, seed):
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for fraction in fractions:
         data = zoo.datasets.load("mnist", path=path, fraction=fraction, seed=seed)
         ood = ood_sets(data.test, n_ood)
@@ -94,13 +93,11 @@ def run(fractions, methods, epochs, num_samples, n_ood, path, seed):
                        "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, CPU",
                        "torch": torch.__version__}
                 print(json.dumps(row), flush=True)
-                with RUNS.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                _runs.append(RUNS, row)
 
 
 def summarise():
-    rows = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
-    latest = {(row["fraction"], row["epochs"], row["method"]): row for row in rows}
+    latest = {(row["fraction"], row["epochs"], row["method"]): row for row in _runs.read(RUNS)}
     groups = defaultdict(list)
     for key, row in sorted(latest.items(), key=lambda kv: (-kv[0][0], kv[0][1], kv[0][2])):
         groups[key[:2]].append(row)

@@ -16,6 +16,7 @@ import platform
 import time
 from pathlib import Path
 
+import _runs
 import torch
 
 import zoo
@@ -28,7 +29,6 @@ METHODS = {"mc-dropout": ("bayes-lstm", "mc-dropout"), "mean-field": ("bayes-lst
 
 
 def run(methods, max_train, epochs, num_samples, path, seed):
-    RESULTS.mkdir(parents=True, exist_ok=True)
     data = zoo.datasets.load("sst2", path=path, max_train=max_train, seed=seed)
     for method in methods:
         model_name, guide = METHODS[method]
@@ -45,16 +45,11 @@ def run(methods, max_train, epochs, num_samples, path, seed):
                "fit_s": fit_s, "predict_s": time.perf_counter() - start,
                "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, CPU", "torch": torch.__version__}
         print(json.dumps(row), flush=True)
-        with RUNS.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        _runs.append(RUNS, row)
 
 
 def summarise():
-    latest = {}
-    for line in RUNS.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            latest[(row["train_size"], row["method"])] = row
+    latest = {(row["train_size"], row["method"]): row for row in _runs.read(RUNS)}
     cols = ["accuracy", "nll", "ece", "brier", "mutual_information", "draws", "fit_s", "predict_s"]
     lines = ["# bayes-lstm on SST-2 (dev set, 872 sentences)", "",
              "| method | model | training phrases | epochs | " + " | ".join(cols) + " |",

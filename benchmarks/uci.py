@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _runs
 from published import PUBLISHED
 
 import zoo
@@ -65,8 +66,7 @@ def run(datasets, methods, splits, hidden):
                           **post.evaluate(data.test), "seconds": round(seconds, 2),
                           "warnings": [str(w.message) for w in caught],
                           "machine": f"{platform.machine()} {torch.get_num_threads()} threads"}
-                with RUNS.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                _runs.append(RUNS, record)
                 print(f"{name:9s} split {split:2d} {method:15s} rmse {record['rmse']:.3f} "
                       f"ll {record['test_ll']:.3f} ({seconds:.1f} s)", flush=True)
 
@@ -80,8 +80,7 @@ def mean_se(values):
 
 def summarise() -> str:
     groups = defaultdict(list)
-    for line in RUNS.read_text().splitlines():
-        r = json.loads(line)
+    for r in _runs.read(RUNS):
         groups[(r["dataset"], r["method"])].append(r)
     summary, lines = {}, [
         "| dataset | method | splits | RMSE | test LL | s / split |",

@@ -81,3 +81,10 @@ def _as_tensor(a, i: int, name: str, device):
             raise ZooError(f"{name}[{i}] contains {int(bad.sum())} NaN or infinite values "
                            f"(first rows {rows}); drop or impute them before fitting")
     return a.to(device) if device is not None else a
+
+
+def training_arrays(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of what a builder sizes a network from: a dataset's training split, a Split, or ``(x, y)``."""
+    split = getattr(data, "train", data)
+    x, y = (split.x, split.y) if isinstance(split, Split) else tuple(split)[:2]
+    return torch.as_tensor(x), torch.as_tensor(y)

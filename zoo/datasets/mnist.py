@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from .._data import Split
 from .._errors import ZooError
+from . import _folders
 from ._registry import Dataset, register_dataset
 
 SHIPPED = Path(__file__).parent / "mnist_mini"
@@ -100,28 +100,18 @@ def write_idx(path, array: np.ndarray) -> Path:
 
 def cache_folder() -> Path:
     """The user cache folder for MNIST: ``$XDG_CACHE_HOME/zoo/mnist`` (default ``~/.cache/zoo/mnist``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zoo" / "mnist"
-
-
-def candidate_folders(path=None) -> list[Path]:
-    """Where MNIST is looked for, in order: ``path``, ``path/mnist``, ``$ZOO_DATA/mnist``, the user cache."""
-    places = [Path(path), Path(path) / "mnist"] if path is not None else []
-    if os.environ.get("ZOO_DATA"):
-        places.append(Path(os.environ["ZOO_DATA"]) / "mnist")
-    return places + [cache_folder()]
+    return _folders.cache_root() / "mnist"
 
 
 def find_folder(path=None) -> Path:
-    """The first candidate folder holding all four MNIST files (gzipped or not)."""
-    places = candidate_folders(path)
-    for place in places:
-        if all(_file(place, name) is not None for name in FILES):
-            return place
-    looked = "\n  ".join(str(p) for p in places)
-    raise ZooError(f"MNIST not found; looked for {', '.join(FILES)} in:\n  {looked}\n"
-                   "Set ZOO_DATA to a folder holding mnist/, pass zoo.datasets.load('mnist', path=FOLDER), "
-                   "call zoo.datasets.mnist.download() if you have internet, or use the shipped subset "
-                   "zoo.datasets.load('mnist-mini')")
+    """The first of ``path``, ``path/mnist``, ``$ZOO_DATA/mnist``, the user cache holding all four files."""
+    return _folders.find_folder(
+        _folders.candidate_folders("mnist", path),
+        lambda place: all(_file(place, name) is not None for name in FILES),
+        f"MNIST not found (looked for {', '.join(FILES)})",
+        "Set ZOO_DATA to a folder holding mnist/, pass zoo.datasets.load('mnist', path=FOLDER), call "
+        "zoo.datasets.mnist.download() if you have internet, or use the shipped subset "
+        "zoo.datasets.load('mnist-mini')")
 
 
 def _file(folder: Path, name: str) -> Path | None:

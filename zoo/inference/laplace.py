@@ -87,7 +87,7 @@ class Laplace:
         for _ in range(self.prior_rounds if self.tune_prior else 1):
             theta, round_losses, info = self._map(joint, theta, alpha, progress)
             losses += round_losses
-            h_data = self._likelihood_curvature(joint, theta, sub) + _curvature(
+            h_data = self._likelihood_curvature(joint, theta, names, sub) + _curvature(
                 lambda t: -joint.other_log_prior(joint.embed(theta, names, t)), theta[sub], self.hessian)
             h_normal = joint.normal_precision[sub]
             alpha, log_evidence = self._prior_scale(joint, theta, sub, h_data, h_normal)
@@ -163,10 +163,10 @@ class Laplace:
         info["map_loss"] = losses[-1] if losses else float("nan")
         return theta.detach(), losses, info
 
-    def _likelihood_curvature(self, joint, theta, sub):
+    def _likelihood_curvature(self, joint, theta, names, sub):
         size = len(sub)
         total = torch.zeros((size, size) if self.hessian == "full" else size, device=theta.device)
-        y, names = joint.args[-1], joint.names_of(sub)
+        y = joint.args[-1]
         for idx in joint.blocks(max_jacobian_rows=2**25 // max(size, 1)):
             if self.curvature == "exact":
                 total += _curvature(lambda t, i=idx: -joint.pointwise(joint.embed(theta, names, t), y, i).sum(),
@@ -185,12 +185,13 @@ class Laplace:
             fixed = joint.total_log_likelihood(theta) + joint.other_log_prior(theta).item()
         fixed += 0.5 * len(sub) * math.log(2 * math.pi)
         logdet = _logdet_path(h_data.double(), h_normal.double(), self.hessian)
+        mask = joint.subset_mask(sub)
 
         def log_evidence(alpha):
             value = logdet(alpha)
             if value is None:
                 return -math.inf
-            return fixed + joint.normal_log_prior(theta, alpha, sub).item() - 0.5 * value
+            return fixed + joint.normal_log_prior(theta, alpha, mask).item() - 0.5 * value
 
         grid = [10 ** (k / 10) for k in range(-30, 31)] if self.tune_prior and bool((h_normal > 0).any()) else [1.0]
         alpha = max(grid, key=log_evidence)
@@ -258,6 +259,14 @@ def _curvature(fn, theta, structure: str, chunk: int = 256) -> torch.Tensor:
     return torch.cat(rows, 0)
 
 
+def _run(model, args, indices=None):
+    """A trace of ``model(*args)``; with ``indices``, on that block of ``pyro.plate("data")``."""
+    if indices is None:
+        return poutine.trace(model).get_trace(*args)
+    with MinibatchIndices(indices):
+        return poutine.trace(model).get_trace(*args)
+
+
 def _normal_base(fn):
     """The Normal inside ``fn`` (through Independent wrappers), else None."""
     while isinstance(fn, dist.Independent):
@@ -276,15 +285,15 @@ class LogJoint:
         self.model, self.args, self.sites = model, args, sites
         self.num_points = max(args[0].shape[0], 1)
         self.batch_size = batch_size if batch_size is not None and batch_size < self.num_points else None
+        # the prior-only work (shapes, other priors) runs the model on one point when batching
+        self.one_point = None if self.batch_size is None else torch.arange(1, device=args[0].device)
         with torch.no_grad():
-            trace = poutine.trace(InitMessenger(init_loc_fn)(model)).get_trace(*args) \
-                if self.batch_size is None else self._init_trace(init_loc_fn)
+            trace = _run(InitMessenger(init_loc_fn)(model), args, self.one_point)
         self.names = list(sites.latent)
         self.transforms = {n: biject_to(trace.nodes[n]["fn"].support) for n in self.names}
         self.shapes = {n: trace.nodes[n]["value"].shape for n in self.names}
         self.initial = torch.cat([self.transforms[n].inv(trace.nodes[n]["value"]).reshape(-1)
                                   for n in self.names]).detach()
-        self.size = self.initial.numel()
         scales = []
         for n in self.names:
             base = _normal_base(trace.nodes[n]["fn"])
@@ -295,10 +304,6 @@ class LogJoint:
         self.normal_precision = torch.where(self.is_normal, self.prior_scale.clamp_min(1e-30) ** -2, 0.0)
         self.order = torch.randperm(self.num_points, device=self.initial.device)
 
-    def _init_trace(self, init_loc_fn):
-        with MinibatchIndices(torch.arange(1, device=self.args[0].device)):
-            return poutine.trace(InitMessenger(init_loc_fn)(self.model)).get_trace(*self.args)
-
     def coordinates(self, names) -> torch.Tensor:
         """Indices into the flat vector of the sites ``names``."""
         spans, start = {}, 0
@@ -307,11 +312,6 @@ class LogJoint:
             spans[n] = torch.arange(start, start + size)
             start += size
         return torch.cat([spans[n] for n in names]).to(self.initial.device)
-
-    def names_of(self, sub) -> list[str]:
-        """The sites whose coordinates make up ``sub`` (whole sites, in order)."""
-        covered = set(sub.tolist())
-        return [n for n in self.names if int(self.coordinates([n])[0]) in covered]
 
     def embed(self, theta, names, values) -> dict[str, torch.Tensor]:
         """Sites of ``theta`` (held fixed) with the sites ``names`` taken from the vector ``values``.
@@ -359,48 +359,38 @@ class LogJoint:
             yield torch.arange(start, min(start + size, self.num_points), device=self.initial.device)
 
     def _trace(self, theta, args, indices=None):
-        values = self.constrain(theta)
-        model = poutine.condition(self.model, values)
-        if indices is None:
-            return poutine.trace(model).get_trace(*args)
-        with MinibatchIndices(indices):
-            return poutine.trace(model).get_trace(*args)
+        return _run(poutine.condition(self.model, self.constrain(theta)), args, indices)
 
-    def _log_jacobian(self, theta):
-        unconstrained = self._split(theta)
-        return sum(self.transforms[n].log_abs_det_jacobian(u, self.transforms[n](u)).sum()
-                   for n, u in unconstrained.items())
-
-    def normal_log_prior(self, theta, alpha: float = 1.0, sub=None):
-        """Sum of the Normal priors' log densities (precision scaled by alpha), over ``sub`` or all."""
-        mask = self.is_normal
-        if sub is not None:
-            mask = mask & torch.zeros_like(mask).index_fill(0, sub, True)
-        sd = self.prior_scale[mask] / math.sqrt(alpha)
-        return dist.Normal(torch.zeros_like(sd), sd).log_prob(theta[..., mask]).sum()
-
-    def other_log_prior(self, theta):
-        """Log prior of the non-Normal sites plus the log |Jacobian| of the unconstrained map."""
-        one_point = None if self.batch_size is None else torch.arange(1, device=self.initial.device)
-        trace = self._trace(theta, self.args, one_point)
-        other = self._log_jacobian(theta)
+    def _other(self, trace, theta):
+        """Log prior of the non-Normal sites in ``trace`` plus the log |Jacobian| of the unconstrained map."""
+        other = sum(self.transforms[n].log_abs_det_jacobian(u, self.transforms[n](u)).sum()
+                    for n, u in self._split(theta).items())
         for n in self.names:
             fn = trace.nodes[n]["fn"]
             if _normal_base(fn) is None:
                 other = other + fn.log_prob(trace.nodes[n]["value"]).sum()
         return torch.as_tensor(other)
 
+    def subset_mask(self, sub) -> torch.Tensor:
+        """The Normal-prior coordinates among ``sub``, as a boolean mask over the flat vector."""
+        return self.is_normal & torch.zeros_like(self.is_normal).index_fill(0, sub, True)
+
+    def normal_log_prior(self, theta, alpha: float = 1.0, mask=None):
+        """Sum of the Normal priors' log densities (precision scaled by alpha), over ``mask`` or all."""
+        mask = self.is_normal if mask is None else mask
+        sd = self.prior_scale[mask] / math.sqrt(alpha)
+        return dist.Normal(torch.zeros_like(sd), sd).log_prob(theta[..., mask]).sum()
+
+    def other_log_prior(self, theta):
+        """Log prior of the non-Normal sites plus the log |Jacobian| of the unconstrained map."""
+        return self._other(self._trace(theta, self.args, self.one_point), theta)
+
     def log_joint(self, theta, alpha: float = 1.0, indices=None):
         """Log likelihood (on a minibatch, scaled by N / B) + every log prior + log |J|."""
         trace = self._trace(theta, self.args, indices)
         loglik = sum(trace.nodes[n]["scale"] * trace.nodes[n]["fn"].log_prob(trace.nodes[n]["value"]).sum()
                      for n in self.sites.observed)
-        other = self._log_jacobian(theta)
-        for n in self.names:
-            fn = trace.nodes[n]["fn"]
-            if _normal_base(fn) is None:
-                other = other + fn.log_prob(trace.nodes[n]["value"]).sum()
-        return loglik + self.normal_log_prior(theta, alpha) + other
+        return loglik + self.normal_log_prior(theta, alpha) + self._other(trace, theta)
 
     def pointwise(self, theta, y, indices=None):
         """Log likelihood per data point (of the block ``indices``) with observations ``y``."""

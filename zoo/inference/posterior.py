@@ -75,6 +75,10 @@ class Posterior:
     def trace(self, data) -> tuple[poutine.Trace, tuple]:
         """The model run once over every draw (a vectorised plate), conditioned on ``data``."""
         args, _ = as_args(data, device=self._device())
+        return self._trace_args(args), args
+
+    def _trace_args(self, args: tuple) -> poutine.Trace:
+        """:meth:`trace` for arguments already converted by ``as_args``."""
         self.model.validate(args)
         flat = self.flat_samples()
         draws = next(iter(flat.values())).shape[0]
@@ -84,8 +88,7 @@ class Posterior:
             pad = mpn - (len(shape) - event_dim)
             cond[name] = flat[name].reshape(draws, *([1] * pad), *shape)
         with torch.no_grad(), pyro.plate("_draws", draws, dim=-mpn - 1):
-            trace = poutine.trace(poutine.condition(self.model.model, cond)).get_trace(*args)
-        return trace, args
+            return poutine.trace(poutine.condition(self.model.model, cond)).get_trace(*args)
 
     def _device(self):
         return next(iter(self.samples.values())).device
@@ -107,7 +110,7 @@ class Posterior:
     def _observed_fns(self, args):
         """The observed site's distribution and value over all draws, block by block of points."""
         for block in self._batches(args):
-            site = self._observed(self.trace(block)[0])
+            site = self._observed(self._trace_args(block))
             yield site["fn"], site["value"]
 
     def predict(self, x) -> Prediction:

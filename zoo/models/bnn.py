@@ -8,7 +8,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.infer.autoguide.initialization import init_to_median
 
-from .._data import Split
+from .._data import training_arrays
 from .._errors import ZooError
 from .._model import ZooModel
 from .._registry import register_model
@@ -54,9 +54,7 @@ def _infer_sizes(data, in_features, out_features, task):
         if in_features is None:
             raise ZooError("bnn: give data= (a dataset or split) or in_features= to size the network")
         return in_features, out_features
-    split = getattr(data, "train", data)
-    x, y = (split.x, split.y) if isinstance(split, Split) else tuple(split)[:2]
-    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    x, y = training_arrays(data)
     if x.dim() != 2:
         raise ZooError(f"bnn: data x must be 2-D (points, features), got shape {tuple(x.shape)}")
     if task == "classification" and out_features is None:

@@ -5,16 +5,24 @@ from __future__ import annotations
 import pyro
 import torch
 
+from .._data import training_arrays
 from .._errors import ZooError
 from .._model import ZooModel
 from .._registry import register_model
 from .layers import conv2d, dense, max_pool, observe, weight
-from .weight_guides import LAST_LAYER_LAPLACE, WeightSite, init_at, mc_dropout_guide, mean_field_guide
+from .weight_guides import (
+    LAST_LAYER_LAPLACE,
+    WeightSite,
+    init_at,
+    mc_dropout_guide,
+    mean_field_guide,
+    nuts_refusal,
+    with_dropout,
+)
 
 PAPERS = ("LeCun et al. 1998; Gal & Ghahramani 2015, Bayesian CNNs with Bernoulli Approximate "
           "Variational Inference; Blundell et al. 2015; Wen et al. 2018, Flipout")
 KERNEL = 5
-MAX_NUTS_WEIGHTS = 5_000
 
 
 class BayesianLeNet:
@@ -47,16 +55,6 @@ class BayesianLeNet:
             h = max_pool(torch.relu(conv2d(h, w["w1"], w["b1"])))
             h = torch.relu(dense(h.flatten(-3), w["w2"], w["b2"]))
             return observe(dense(h, w["w3"], w["b3"]), None if y is None else y[idx])
-
-    @property
-    def num_weights(self) -> int:
-        return sum(torch.Size(s.shape).numel() for s in self.sites)
-
-
-def dropout_sites(sites, dropout: float, conv_dropout: float) -> list[WeightSite]:
-    """lenet-all: dropout after every weight layer, i.e. on the inputs of every layer but the first."""
-    rates = {"w1": conv_dropout, "w2": dropout, "w3": dropout}
-    return [WeightSite(s.name, s.shape, s.fan_in, rates.get(s.name, 0.0)) for s in sites]
 
 
 def image_validator(name: str, image_shape, num_classes: int):
@@ -91,9 +89,7 @@ def check_labels(name: str, y: torch.Tensor, num_classes: int) -> None:
 
 def _build(name, data, image_shape, channels, hidden, num_classes, prior_scale, dropout, conv_dropout):
     if data is not None:
-        split = getattr(data, "train", data)
-        x = split.x if hasattr(split, "x") else tuple(split)[0]
-        image_shape = tuple(torch.as_tensor(x).shape[1:])
+        image_shape = tuple(training_arrays(data)[0].shape[1:])
     if len(image_shape) != 3:
         raise ZooError(f"{name}: image_shape must be (channels, height, width), got {tuple(image_shape)}")
     if prior_scale <= 0:
@@ -104,13 +100,9 @@ def _build(name, data, image_shape, channels, hidden, num_classes, prior_scale, 
         return mean_field_guide("mean_field", net.sites, init_scale)
 
     def mc_dropout(zm, p: float = dropout, conv_p: float = conv_dropout):
-        return mc_dropout_guide("mc_dropout", dropout_sites(net.sites, p, conv_p))
+        # lenet-all: dropout after every weight layer, i.e. on the inputs of every layer but the first
+        return mc_dropout_guide("mc_dropout", with_dropout(net.sites, {"w1": conv_p, "w2": p, "w3": p}))
 
-    refused = {}
-    if net.num_weights > MAX_NUTS_WEIGHTS:
-        refused["nuts"] = (f"this LeNet has {net.num_weights:,} weights; NUTS over that many dimensions "
-                           f"with a multimodal posterior would take days. Use svi or laplace, or a tiny "
-                           f"config (at most {MAX_NUTS_WEIGHTS:,} weights, e.g. channels=[2, 4], hidden=8)")
     config = dict(image_shape=list(image_shape), channels=list(channels), hidden=int(hidden),
                   num_classes=int(num_classes), prior_scale=prior_scale, dropout=dropout,
                   conv_dropout=conv_dropout)
@@ -120,7 +112,7 @@ def _build(name, data, image_shape, channels, hidden, num_classes, prior_scale, 
         init_loc_fn=init_at(net.sites),
         fit_defaults={"svi": {"batch_size": 128, "lr": 1e-3, "num_epochs": 5},
                       "laplace": LAST_LAYER_LAPLACE},
-        num_samples=100, refused=refused, last_layer=["w3", "b3"], predict_batch=64,
+        num_samples=100, refused=nuts_refusal("LeNet", net.sites), last_layer=["w3", "b3"], predict_batch=64,
     )
 
 

@@ -31,14 +31,8 @@ def layer_sizes(in_features: int, hidden, out_features: int) -> list[tuple[int, 
 
 def sample_weights(sizes, prior_scale: float, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Sample ``w{i}`` (out, in) and ``b{i}`` (out,) from N(0, prior_scale^2) for every layer."""
-    zero = torch.zeros((), device=device)
-    layers = []
-    for i, (n_in, n_out) in enumerate(sizes):
-        prior = dist.Normal(zero, prior_scale)
-        w = pyro.sample(f"w{i}", prior.expand([n_out, n_in]).to_event(2))
-        b = pyro.sample(f"b{i}", prior.expand([n_out]).to_event(1))
-        layers.append((strip_plate_slot(w, 2), strip_plate_slot(b, 1)))
-    return layers
+    return [(weight(f"w{i}", (n_out, n_in), prior_scale, device), weight(f"b{i}", (n_out,), prior_scale, device))
+            for i, (n_in, n_out) in enumerate(sizes)]
 
 
 def mlp_forward(x: torch.Tensor, layers, activation) -> torch.Tensor:

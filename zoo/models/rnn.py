@@ -8,16 +8,24 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
+from .._data import training_arrays
 from .._errors import ZooError
 from .._model import ZooModel
 from .._registry import register_model
 from .cnn import check_labels
 from .layers import dense, observe, weight
-from .weight_guides import LAST_LAYER_LAPLACE, WeightSite, init_at, mc_dropout_guide, mean_field_guide
+from .weight_guides import (
+    LAST_LAYER_LAPLACE,
+    WeightSite,
+    init_at,
+    mc_dropout_guide,
+    mean_field_guide,
+    nuts_refusal,
+    with_dropout,
+)
 
 PAPERS = ("Hochreiter & Schmidhuber 1997; Gal & Ghahramani 2016, A Theoretically Grounded Application "
           "of Dropout in Recurrent Neural Networks; Fortunato et al. 2017, Bayesian Recurrent Neural Networks")
-MAX_NUTS_WEIGHTS = 5_000
 
 
 class BayesianLSTM:
@@ -60,10 +68,6 @@ class BayesianLSTM:
                 lengths, inputs = torch.full(x.shape[:1], x.shape[1], device=x.device), x
             out = dense(lstm(inputs, lengths, w["w_ih"], w["w_hh"], w["b_lstm"]), w["w_out"], w["b_out"])
             return observe(out, None if y is None else y[idx], sigma)
-
-    @property
-    def num_weights(self) -> int:
-        return sum(torch.Size(s.shape).numel() for s in self.sites if not s.point)
 
 
 def lstm(inputs, lengths, w_ih, w_hh, b):
@@ -127,17 +131,12 @@ def _zoo_model(name, net, validate, config, dropout, fit_defaults):
         return mean_field_guide("mean_field", net.sites, init_scale, extra)
 
     def variational_dropout(zm, p: float = dropout):
-        rates = {"w_ih": p, "w_hh": p, "w_out": p}
-        sites = [WeightSite(s.name, s.shape, s.fan_in, rates.get(s.name, 0.0), s.point) for s in net.sites]
-        return mc_dropout_guide("mc_dropout", sites, extra)
+        return mc_dropout_guide("mc_dropout", with_dropout(net.sites, {"w_ih": p, "w_hh": p, "w_out": p}), extra)
 
-    refused = {}
-    if net.num_weights > MAX_NUTS_WEIGHTS:
-        refused["nuts"] = (f"this LSTM has {net.num_weights:,} weights; NUTS is impractical at that size. "
-                           f"Use svi or laplace, or a tiny config (at most {MAX_NUTS_WEIGHTS:,} weights)")
     return ZooModel(net, guides={"mean-field": mean_field, "mc-dropout": variational_dropout}, config=config,
-                    validate=validate, init_loc_fn=init_at(net.sites, {"precision": 10.0}), fit_defaults=fit_defaults,
-                    num_samples=100, refused=refused, last_layer=["w_out", "b_out"], predict_batch=256,
+                    validate=validate, init_loc_fn=init_at(net.sites, {"precision": 10.0}),
+                    fit_defaults=fit_defaults, num_samples=100, refused=nuts_refusal("LSTM", net.sites),
+                    last_layer=["w_out", "b_out"], predict_batch=256,
                     summary_sites=["precision"] if regression else [])
 
 
@@ -148,10 +147,9 @@ TEXT_DEFAULTS = {"svi": {"batch_size": 64, "lr": 3e-3, "num_epochs": 3},
 def _text_model(name, data, vocab_size, embed_dim, hidden, num_classes, prior_scale, dropout):
     if data is not None:
         vocab = getattr(data, "vocab", None)
-        split = getattr(data, "train", data)
-        x, y = (split.x, split.y) if hasattr(split, "x") else tuple(split)[:2]
-        vocab_size = len(vocab) if vocab is not None else int(torch.as_tensor(x).max()) + 1
-        num_classes = num_classes or int(torch.as_tensor(y).max()) + 1
+        x, y = training_arrays(data)
+        vocab_size = len(vocab) if vocab is not None else int(x.max()) + 1
+        num_classes = num_classes or int(y.max()) + 1
     if vocab_size is None:
         raise ZooError(f"{name}: give data= (a text dataset with its vocab) or vocab_size=")
     num_classes = num_classes or 2
@@ -194,9 +192,7 @@ def bayes_lstm_regressor(*, data=None, in_features: int | None = None, hidden: i
                          prior_scale: float = 1.0, dropout: float = 0.1) -> ZooModel:
     """Bayesian LSTM forecaster: the next value of a series from the window before it."""
     if data is not None:
-        split = getattr(data, "train", data)
-        x = split.x if hasattr(split, "x") else tuple(split)[0]
-        in_features = int(torch.as_tensor(x).shape[-1])
+        in_features = int(training_arrays(data)[0].shape[-1])
     if in_features is None:
         raise ZooError("bayes-lstm-regressor: give data= (windows from zoo.datasets.series.windows) or in_features=")
     net = BayesianLSTM("regression", in_features, hidden, 1, prior_scale)

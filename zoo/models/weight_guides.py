@@ -8,7 +8,7 @@ Gaussian, per-example Bernoulli masks for dropout.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyro
 import pyro.distributions as dist
@@ -91,20 +91,34 @@ def mc_dropout_guide(prefix: str, sites: list[WeightSite], extra_sites=None):
         device = _device(args)
         for site in sites:
             loc = pyro.param(f"{prefix}.{site.name}", lambda s=site: s.init(device))
-            value = loc
-            if site.dropout > 0:
-                keep = 1.0 - site.dropout
-                units = (site.shape[1], *[1] * (len(site.shape) - 2))
-                z = pyro.sample(f"{prefix}.{site.name}.mask",
-                                dist.Bernoulli(torch.full(units, keep, device=device)).to_event(len(units)),
-                                infer={"is_auxiliary": True})
-                value = loc * z.unsqueeze(-len(site.shape)) / keep
-            value = pyro.sample(site.name, dist.Delta(value, event_dim=len(site.shape)))
-            if site.dropout > 0:
-                noise.register(value, "dropout", loc, keep=1.0 - site.dropout)
+            if site.dropout == 0:
+                pyro.sample(site.name, dist.Delta(loc, event_dim=len(site.shape)))
+                continue
+            keep = 1.0 - site.dropout
+            units = (site.shape[1], *[1] * (len(site.shape) - 2))
+            z = pyro.sample(f"{prefix}.{site.name}.mask",
+                            dist.Bernoulli(torch.full(units, keep, device=device)).to_event(len(units)),
+                            infer={"is_auxiliary": True})
+            value = pyro.sample(site.name, dist.Delta(loc * z.unsqueeze(-len(site.shape)) / keep,
+                                                      event_dim=len(site.shape)))
+            noise.register(value, "dropout", loc, keep=keep)
         point_masses(prefix, extra_sites or {}, device)
 
     return guide
+
+
+def with_dropout(sites: list[WeightSite], rates: dict[str, float]) -> list[WeightSite]:
+    """``sites`` with the MC dropout rate of each site named in ``rates`` (0 for the others)."""
+    return [replace(site, dropout=rates.get(site.name, 0.0)) for site in sites]
+
+
+def nuts_refusal(kind: str, sites: list[WeightSite], max_weights: int = 5_000) -> dict[str, str]:
+    """``{"nuts": reason}`` when the net has more than ``max_weights`` weights (point sites not counted)."""
+    count = sum(math.prod(site.shape) for site in sites if not site.point)
+    if count <= max_weights:
+        return {}
+    return {"nuts": f"this {kind} has {count:,} weights; NUTS over that many dimensions would take days. "
+                    f"Use svi or laplace, or a tiny config (at most {max_weights:,} weights)"}
 
 
 def init_at(sites: list[WeightSite], extra: dict | None = None):
