@@ -8,14 +8,16 @@ from zoo._card import BACKENDS, TASKS
 
 
 def small_data(card):
-    """A tiny dataset and a tiny config for each model family."""
+    """A tiny dataset (the model's arguments), its observed site and a tiny config for each model family."""
+    if card.family == "autoencoder":
+        return (torch.bernoulli(torch.rand(24, 12)),), "x", dict(latent_dim=2, hidden=[4])
     y = torch.randint(0, 3, (24,)) if card.task == "classification" else torch.randn(24)
     if card.family == "bayesian-cnn":
-        return torch.rand(24, 1, 16, 16), y, dict(channels=[2, 3], hidden=4)
+        return (torch.rand(24, 1, 16, 16), y), "y", dict(channels=[2, 3], hidden=4)
     if card.family == "bayesian-rnn":
         x = torch.randint(1, 9, (24, 5)) if card.task == "classification" else torch.randn(24, 5, 2)
-        return x, y, dict(hidden=4) if card.task == "regression" else dict(hidden=4, embed_dim=3)
-    return torch.randn(24, 3), y, dict(hidden=[4])
+        return (x, y), "y", dict(hidden=4) if card.task == "regression" else dict(hidden=4, embed_dim=3)
+    return (torch.randn(24, 3), y), "y", dict(hidden=[4])
 
 
 @pytest.mark.parametrize("name", zoo.list_models())
@@ -30,15 +32,15 @@ def test_card_schema(name):
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_every_guide_traces_against_its_model(name):
     card = zoo.card(name)
-    x, y, options = small_data(card)
-    zm = zoo.load(name, data=(x, y), **options)
-    model_trace = poutine.trace(zm.model).get_trace(x, y)
+    args, observed, options = small_data(card)
+    zm = zoo.load(name, data=args, **options)
+    model_trace = poutine.trace(zm.model).get_trace(*args)
     latent = {n for n, s in model_trace.nodes.items()
               if s["type"] == "sample" and not s["is_observed"] and n != "data"}
-    assert model_trace.nodes["y"]["value"].shape == (24,)
+    assert model_trace.nodes[observed]["fn"].batch_shape == (24,)
     for guide_name in card.guides:
         pyro.clear_param_store()
-        guide_trace = poutine.trace(zm.make_guide(guide_name)).get_trace(x, y)
+        guide_trace = poutine.trace(zm.make_guide(guide_name)).get_trace(*args)
         drawn = {n for n, s in guide_trace.nodes.items()
                  if s["type"] == "sample" and not s["infer"].get("is_auxiliary")}
         assert latent <= drawn, f"{guide_name} misses {latent - drawn}"

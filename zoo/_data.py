@@ -36,17 +36,17 @@ class Split:
         return iter(self.args)
 
 
-def as_args(data, device=None, name: str = "data") -> tuple[tuple, tuple[float, float]]:
+def as_args(data, device=None, name: str = "data", inputs_only: bool = False) -> tuple[tuple, tuple[float, float]]:
     """The model arguments for ``data`` and the target scaling ``(y_mean, y_std)``.
 
-    A :class:`Split` gives ``(x, y)``; a tuple or list is passed through as it is; a single array is
-    one argument. Arrays become tensors; every tensor must be finite and all share their first
-    dimension (the data plate).
+    A :class:`Split` gives ``(x, y)``, or ``(x,)`` with ``inputs_only`` (models of x alone); a tuple or
+    list is passed through as it is; a single array is one argument. Arrays become tensors; every tensor
+    must be finite and all share their first dimension (the data plate).
     """
     scale = (0.0, 1.0)
     if isinstance(data, Split):
         scale = (float(data.y_mean), float(data.y_std))
-        data = data.args
+        data = (data.x,) if inputs_only else data.args
     elif isinstance(data, (torch.Tensor, np.ndarray)):
         data = (data,)
     elif not isinstance(data, (tuple, list)):
@@ -83,8 +83,14 @@ def _as_tensor(a, i: int, name: str, device):
     return a.to(device) if device is not None else a
 
 
-def training_arrays(data) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` of what a builder sizes a network from: a dataset's training split, a Split, or ``(x, y)``."""
+def training_arrays(data) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(x, y)`` of what a builder sizes a network from: a dataset's training split, a Split, ``(x, y)``,
+    or ``x`` alone (then y is None)."""
     split = getattr(data, "train", data)
-    x, y = (split.x, split.y) if isinstance(split, Split) else tuple(split)[:2]
-    return torch.as_tensor(x), torch.as_tensor(y)
+    if isinstance(split, Split):
+        x, y = split.x, split.y
+    elif isinstance(split, (tuple, list)):
+        x, y = (*split, None)[:2]
+    else:
+        x, y = split, None
+    return torch.as_tensor(x), None if y is None else torch.as_tensor(y)

@@ -59,6 +59,10 @@ class ZooModel:
     predict_batch : int, optional
         Points per vectorised prediction pass for 100 draws (scaled to the number of draws), so
         that big networks predict in bounded memory; default all points at once.
+    autoencoder : torch.nn.Module, optional
+        For models with per-point codes inferred by an amortised encoder (VAEs, sparse and
+        denoising AEs): the module holding encoder and decoder. Such a model is fitted to x alone
+        and returns a :class:`~zoo.inference.generative.GenerativePosterior`.
     """
 
     def __init__(
@@ -77,12 +81,14 @@ class ZooModel:
         refused: dict[str, str] | None = None,
         last_layer: list[str] | None = None,
         predict_batch: int | None = None,
+        autoencoder=None,
     ):
         if not callable(model):
             raise ZooError(f"model must be a callable Pyro model, got {type(model).__name__}")
         self.model = model
         self.guide = guide
-        self.guides = {**GENERIC_GUIDES, **(guides or {})}
+        # autoguides over per-point codes are neither amortised nor minibatchable: not offered
+        self.guides = {**({} if autoencoder is not None else GENERIC_GUIDES), **(guides or {})}
         self.config = config
         self.validate = validate or (lambda args: None)
         self.fit_defaults = fit_defaults or {}
@@ -93,6 +99,7 @@ class ZooModel:
         self.refused = refused or {}
         self.last_layer = last_layer
         self.predict_batch = predict_batch
+        self.autoencoder = autoencoder
         self.name: str | None = None
         self.card = None
 

@@ -63,38 +63,45 @@ class FitResult:
 
 @dataclass
 class Sites:
-    """The model's global latent sites (name -> (shape, event_dim)) and its observed sites."""
+    """The model's global latent sites (name -> (shape, event_dim)), its observed sites, and its
+    local latents: per-point sites inside plate "data" (name -> event shape), kept only by amortised models."""
 
     latent: dict[str, tuple[tuple[int, ...], int]]
     observed: list[str]
+    local: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, model: Callable, args: tuple) -> Sites:
+    def of(cls, model: Callable, args: tuple, allow_local: bool = False) -> Sites:
         # two points show every global site's shape without a forward pass over all the data
         head = tuple(a[:2] if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
         with torch.no_grad():
             trace = poutine.trace(model).get_trace(*head)
-        latent, observed = {}, []
+        latent, observed, local = {}, [], {}
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site["infer"].get("is_auxiliary") or site["infer"].get("_deterministic"):
                 continue
             if site["is_observed"]:
                 observed.append(name)
             elif not isinstance(site["fn"], _Subsample) and name != DATA_PLATE:
-                local = any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
-                if local:
-                    raise ZooError(f"site {name!r} is a local latent inside plate 'data'; "
-                                   "the backends here keep global latents only")
-                latent[name] = (tuple(site["value"].shape), site["fn"].event_dim)
+                if not any(f.name == DATA_PLATE for f in site["cond_indep_stack"]):
+                    latent[name] = (tuple(site["value"].shape), site["fn"].event_dim)
+                elif allow_local:
+                    local[name] = tuple(site["fn"].event_shape)
+                else:
+                    raise ZooError(f"site {name!r} is a local latent inside plate 'data'; the backends keep "
+                                   "global latents only, unless the model is an amortised autoencoder "
+                                   "(ZooModel(autoencoder=...)) fitted with svi")
         if not observed:
             raise ZooError("the model has no observed site: pass the observations as its last "
                            "argument and use pyro.sample(..., obs=y)")
-        return cls(latent, observed)
+        return cls(latent, observed, local)
 
 
 def draw_from_guide(guide: Callable, args: tuple, sites: Sites, num_samples: int,
                     max_plate_nesting: int) -> dict[str, torch.Tensor]:
     """``num_samples`` draws of every latent site from ``guide``, one vectorised pass: (S, *shape)."""
+    if not sites.latent:  # per-point codes only: nothing global to draw
+        return {}
     with torch.no_grad(), pyro.plate("_draws", num_samples, dim=-max_plate_nesting - 1):
         trace = poutine.trace(guide).get_trace(*args)
     return {name: trace.nodes[name]["value"].detach().reshape(num_samples, *shape)

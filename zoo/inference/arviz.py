@@ -49,8 +49,36 @@ def to_inference_data(post, data=None, var_names=None) -> az.InferenceData:
         groups["observed_data"] = {y_name: observed}
         dims[y_name] = ["obs"]
         coords["obs"] = np.arange(observed.shape[0])
+    return _with_loss(az.from_dict(**groups, coords=coords, dims=dims,
+                                   attrs={"inference_library": "zoo", "method": post.method}), post)
+
+
+def generative_inference_data(post, data, num_samples: int, iwae_samples: int) -> az.InferenceData:
+    """An autoencoder's groups: codes of the chosen points ``data`` under q(z | x), replicated x,
+    observations, per-point IWAE log p(x) (a single draw: one estimate per point), the loss trace."""
+    groups, dims, coords, log_px = {}, {}, {}, None
+    if data is not None:
+        flat = post._points(data)
+        z = post.latents(flat, num_samples)
+        with torch.no_grad():
+            replicated = post.net.decoder(z).sample()
+        groups["posterior"] = {"z": z.unsqueeze(0).cpu().numpy()}
+        groups["posterior_predictive"] = {"x": replicated.unsqueeze(0).cpu().numpy()}
+        groups["observed_data"] = {"x": flat.cpu().numpy()}
+        if post.code_family != "delta":
+            log_px = post.log_likelihood(flat, iwae_samples).reshape(1, 1, -1).cpu().numpy()
+        dims = {"z": ["obs", "latent"], "x": ["obs", "pixel"]}
+        coords = {"obs": np.arange(flat.shape[0])}
     idata = az.from_dict(**groups, coords=coords, dims=dims,
                          attrs={"inference_library": "zoo", "method": post.method})
+    if log_px is not None:  # one estimate per point: dims (chain, draw, obs), not x's pixels
+        idata.add_groups(log_likelihood=xr.Dataset(
+            {"x": (("chain", "draw", "obs"), log_px)}, coords={"chain": [0], "draw": [0], "obs": coords["obs"]}))
+    return _with_loss(idata, post)
+
+
+def _with_loss(idata: az.InferenceData, post) -> az.InferenceData:
+    """The loss trace per step in ``sample_stats``."""
     if post.loss:
         loss = xr.DataArray(np.asarray(post.loss), dims=["step"], name="loss")
         if hasattr(idata, "sample_stats"):

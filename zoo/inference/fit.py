@@ -13,7 +13,7 @@ from .._data import as_args
 from .._errors import NonFiniteLossError, ZooError
 from .._model import ZooModel
 from ._base import Sites, check_positive, make_backend
-from .posterior import Posterior
+from .posterior import Posterior, posterior_class
 
 
 class ZooWarning(UserWarning):
@@ -65,17 +65,20 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     check_positive("num_samples", num_samples)
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         raise ZooError(f"device={device!r} but torch sees no CUDA device; use device='cpu'")
-    args, target_scale = as_args(data, device=device)
+    amortised = zm.autoencoder is not None
+    args, target_scale = as_args(data, device=device, inputs_only=amortised)
     zm.validate(args)
     if seed is not None:
         pyro.set_rng_seed(seed)
     pyro.clear_param_store()
+    if amortised:  # every fit trains fresh networks, seeded
+        zm.autoencoder.reset_parameters()
     progress = sys.stderr.isatty() if progress is None else progress
-    sites = Sites.of(zm.model, args)
+    sites = Sites.of(zm.model, args, allow_local=amortised)
     start = time.perf_counter()
     result = engine.fit(zm, args, sites, num_samples=num_samples, progress=progress)
     elapsed = time.perf_counter() - start
-    post = Posterior(zm, result.samples, method=engine.name, sites=sites,
+    post = posterior_class(zm)(zm, result.samples, method=engine.name, sites=sites,
                      sample_stats=result.sample_stats, loss=result.loss, params=result.params,
                      info=result.info, target_scale=target_scale, timings={"fit_s": elapsed},
                      options=options)

@@ -191,7 +191,8 @@ class Posterior:
             "format": FORMAT, "version": VERSION, "model": self.model.name, "config": self.model.config,
             "method": self.method, "options": _jsonable(self.options), "target_scale": self.target_scale,
             "sites": {"latent": {k: [list(s), e] for k, (s, e) in self.sites.latent.items()},
-                      "observed": self.sites.observed},
+                      "observed": self.sites.observed,
+                      "local": {k: list(s) for k, s in self.sites.local.items()}},
             "loss": self.loss, "info": _jsonable(self.info), "timings": self.timings,
         }
         (path / "zoo.json").write_text(json.dumps(meta, indent=1))
@@ -225,6 +226,8 @@ class Posterior:
             raise ZooError(f"load_posterior: cannot read the tensors in {path} ({err}); "
                            "the save is corrupt or incomplete") from None
         model = _registry.load(meta["model"], **meta["config"])
+        if cls is Posterior:
+            cls = posterior_class(model)
         sites = Sites({k: (tuple(s), e) for k, (s, e) in meta["sites"]["latent"].items()},
                       meta["sites"]["observed"])
         return cls(model, stored["samples"], method=meta["method"], sites=sites,
@@ -235,6 +238,15 @@ class Posterior:
     def __repr__(self) -> str:
         return (f"Posterior({self.model.name}, method={self.method!r}, chains={self.num_chains}, "
                 f"draws={self.num_draws})")
+
+
+def posterior_class(model) -> type[Posterior]:
+    """The Posterior subclass that fits ``model``: autoencoders get a GenerativePosterior."""
+    if model.autoencoder is None:
+        return Posterior
+    from .generative import GenerativePosterior
+
+    return GenerativePosterior
 
 
 def _cpu(tensors: dict) -> dict:

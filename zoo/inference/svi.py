@@ -160,7 +160,7 @@ def _check_subsampling(model, args, batch_size):
     try:
         with torch.no_grad():
             trace = poutine.trace(model).get_trace(*args, torch.arange(batch_size, device=args[0].device))
-        sizes = {s["value"].shape[f.dim] for s in trace.nodes.values()
+        sizes = {s["fn"].batch_shape[f.dim] for s in trace.nodes.values()
                  if s["type"] == "sample" and s["is_observed"] and not s["infer"].get("_deterministic")
                  for f in s["cond_indep_stack"] if f.name == DATA_PLATE}
     except (ValueError, RuntimeError) as err:

@@ -52,6 +52,11 @@ def per_example_noise():
         _ACTIVE.pop()
 
 
+def fitting() -> bool:
+    """True while SVI estimates the ELBO for a training step (also when a guide may corrupt its input)."""
+    return bool(_ACTIVE)
+
+
 def register(value: torch.Tensor, kind: str, loc: torch.Tensor, scale=None, keep: float = 1.0) -> None:
     """Record that guide weight ``value`` was drawn from q = Normal(loc, scale) or a dropout of loc."""
     if _ACTIVE:

@@ -1,0 +1,155 @@
+"""Autoencoders: IWAE bounds against closed forms, the sparse AE's loss, corruption, the posterior's API."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from torch import nn
+
+import zoo
+from zoo.models.corruption import corruption, gaussian, masking, salt_and_pepper
+from zoo.models.noise import per_example_noise
+
+
+@pytest.fixture(scope="module")
+def binary():
+    torch.manual_seed(0)
+    return torch.bernoulli(torch.rand(300, 12) * 0.8 + 0.1)
+
+
+@pytest.fixture(scope="module")
+def fitted_vae(binary):
+    zm = zoo.load("vae", data=(binary,), latent_dim=2, hidden=[16])
+    return zoo.fit(zm, binary, num_epochs=20, batch_size=50, lr=1e-2, seed=0, progress=False)
+
+
+def test_iwae_is_above_the_elbo_and_grows_with_k(fitted_vae, binary):
+    torch.manual_seed(1)
+    scores = {k: fitted_vae.evaluate(binary, iwae_samples=k) for k in (1, 10, 100, 1000)}
+    assert scores[1]["log_likelihood"] == pytest.approx(scores[1]["elbo"], abs=1e-5)
+    for k, s in scores.items():
+        assert s["log_likelihood"] >= s["elbo"], k
+    bounds = [scores[k]["log_likelihood"] for k in (1, 10, 100, 1000)]
+    assert all(a < b for a, b in zip(bounds, bounds[1:], strict=False)), bounds
+    # the ELBO's estimate does not depend on k beyond Monte Carlo noise
+    assert scores[1000]["elbo"] == pytest.approx(scores[100]["elbo"], abs=0.1)
+
+
+def test_iwae_of_linear_gaussian_vae_reaches_the_exact_marginal():
+    """Probabilistic PCA: z ~ N(0, I), x ~ N(Wz + b, s^2 I), so p(x) = N(b, W W^T + s^2 I) in closed form."""
+    torch.manual_seed(0)
+    w_true = torch.randn(5, 2)
+    x = torch.randn(400, 2) @ w_true.T + 0.3 * torch.randn(400, 5) + 1.0
+    zm = zoo.load("vae", data=(x,), latent_dim=2, hidden=[32], likelihood="gaussian", sigma=0.3)
+    zm.autoencoder.decoder.net = nn.Sequential(nn.Linear(2, 5))  # a linear decoder: pPCA
+    post = zoo.fit(zm, x, num_epochs=150, batch_size=100, lr=1e-2, seed=0, progress=False)
+    linear = post.net.decoder.net[0]
+    cov = linear.weight @ linear.weight.T + 0.3**2 * torch.eye(5)
+    exact = torch.distributions.MultivariateNormal(linear.bias, cov).log_prob(x).detach()
+    iwae = post.log_likelihood(x, iwae_samples=2000)
+    elbo = post.evaluate(x, iwae_samples=1)["elbo"]
+    assert float((iwae - exact).abs().mean()) < 0.02
+    assert float(exact.mean()) - elbo > 4 * abs(float((iwae - exact).mean()))  # the ELBO's gap is far wider
+
+
+def test_delta_sparse_ae_loss_is_squared_error_plus_l1():
+    torch.manual_seed(0)
+    x = torch.rand(20, 6)
+    lam = 0.7
+    zm = zoo.load("sparse-ae", data=(x,), latent_dim=3, hidden=[5], lam=lam)
+    pyro.clear_param_store()
+    loss = Trace_ELBO().loss(zm.model, zm.make_guide("delta"), x)
+    ae = zm.autoencoder
+    with torch.no_grad():
+        h = ae.encoder.loc(ae.encoder.trunk(x))
+        squared_error = (ae.decoder.net(h) - x).pow(2).sum()
+    n, d, k = x.shape[0], x.shape[1], h.shape[1]
+    # -log N(x | f, 1/2) = (x - f)^2 + log(pi) / 2 per entry; -log Laplace(h | 0, 1/lam) = lam |h| - log(lam / 2)
+    constants = n * (d * math.log(math.pi) / 2 - k * math.log(lam / 2))
+    assert loss - constants == pytest.approx(float(squared_error + lam * h.abs().sum()), rel=1e-5)
+
+
+def test_corruption_functions():
+    torch.manual_seed(0)
+    x = torch.full((400, 100), 0.5)
+    masked = masking(x, 0.3)
+    assert torch.equal((masked == 0).sum(1), torch.full((400,), 30))
+    salted = salt_and_pepper(x, 0.2)
+    changed = salted != 0.5
+    assert torch.equal(changed.sum(1), torch.full((400,), 20))
+    assert set(salted[changed].unique().tolist()) == {0.0, 1.0}
+    assert float(salted[changed].mean()) == pytest.approx(0.5, abs=0.02)
+    noisy = gaussian(x, 0.1)
+    assert float((noisy - x).std()) == pytest.approx(0.1, rel=0.02)
+    assert corruption("none", 0.0) is None
+    with pytest.raises(zoo.ZooError, match="fraction"):
+        corruption("masking", 1.5)
+    with pytest.raises(zoo.ZooError, match="one of"):
+        corruption("blur", 0.1)
+
+
+def test_denoising_guide_corrupts_only_while_fitting():
+    x = torch.rand(8, 10)
+    zm = zoo.load("denoising-ae", data=(x,), latent_dim=3, hidden=[6], corruption="masking", level=0.5)
+    guide = zm.make_guide("delta")
+    clean = [guide(x) for _ in range(2)]
+    assert torch.equal(clean[0], clean[1])
+    with per_example_noise():
+        noisy = guide(x)
+    assert not torch.allclose(noisy, clean[0])
+
+
+def test_posterior_shapes_and_arviz_groups():
+    data = zoo.datasets.load("mnist-mini", binarize=True, fraction=0.1)
+    zm = zoo.load("vae", data=data, latent_dim=3, hidden=[20])
+    post = zoo.fit(zm, data.train, num_epochs=1, seed=0, progress=False)
+    x = data.test.x[:7]
+    assert x.shape == (7, 1, 28, 28)
+    assert post.encode(x).shape == (7, 3) and post.latents(x, 5).shape == (5, 7, 3)
+    assert post.reconstruct(x).shape == x.shape and post.generate(4, seed=0).shape == (4, 1, 28, 28)
+    assert torch.equal(post.generate(4, seed=0), post.generate(4, seed=0))
+    idata = post.to_arviz(x, num_samples=5, iwae_samples=10)
+    assert idata.posterior["z"].dims == ("chain", "draw", "obs", "latent")
+    assert idata.posterior["z"].shape == (1, 5, 7, 3)
+    assert idata.log_likelihood["x"].shape == (1, 1, 7)
+    assert idata.posterior_predictive["x"].shape == (1, 5, 7, 784)
+    assert idata.sample_stats["loss"].shape == (len(post.loss),)
+
+
+def test_save_load_round_trip_and_seeded_refit(fitted_vae, binary, tmp_path):
+    again = zoo.load_posterior(fitted_vae.save(tmp_path / "vae"))
+    assert torch.equal(again.reconstruct(binary[:5]), fitted_vae.reconstruct(binary[:5]))
+    refit = zoo.fit(fitted_vae.model, binary, num_epochs=20, batch_size=50, lr=1e-2, seed=0, progress=False)
+    assert torch.equal(refit.encode(binary[:5]), fitted_vae.encode(binary[:5]))
+
+
+def test_bad_input_gets_clear_errors(fitted_vae, binary):
+    with pytest.raises(zoo.ZooError, match=r"\[0, 1\]"):
+        fitted_vae.encode(binary[:3] * 2)
+    with pytest.raises(zoo.ZooError, match="binary pixels"):
+        fitted_vae.encode(binary[:3] * 0.5)
+    with pytest.raises(zoo.ZooError, match="shape"):
+        fitted_vae.reconstruct(torch.zeros(3, 10))
+    for backend in ("nuts", "laplace"):
+        with pytest.raises(zoo.ZooError, match="amortised encoder"):
+            zoo.fit(fitted_vae.model, binary, backend)
+    with pytest.raises(zoo.ZooError, match="iwae_samples"):
+        fitted_vae.evaluate(binary, iwae_samples=0)
+    with pytest.raises(zoo.ZooError, match="positive integer"):
+        fitted_vae.generate(0)
+    with pytest.raises(zoo.ZooError, match="reconstruct"):
+        fitted_vae.predict(binary)
+    with pytest.raises(zoo.ZooError, match="lam"):
+        zoo.load("sparse-ae", input_shape=[4], lam=0.0)
+    with pytest.raises(zoo.ZooError, match="likelihood"):
+        zoo.load("vae", input_shape=[4], likelihood="poisson")
+
+
+def test_delta_guide_has_no_importance_weighted_likelihood():
+    x = torch.rand(30, 6)
+    post = zoo.fit(zoo.load("sparse-ae", data=(x,), latent_dim=3, hidden=[5]), x, num_steps=5, progress=False)
+    assert set(post.evaluate(x)) == {"elbo", "reconstruction_mse"}
+    with pytest.raises(zoo.ZooError, match="no density"):
+        post.log_likelihood(x)

@@ -1,0 +1,232 @@
+"""Autoencoders as Pyro model/guide pairs: a code prior p(z), a decoder likelihood p(x | z), and an
+amortised encoder q(z | x) as the guide (Kingma & Welling 2014).
+
+One class serves the whole family: the VAE (Gaussian codes, optionally pushed through inverse
+autoregressive flows), the sparse AE (a Laplace prior, so -log p(z) is an L1 penalty; a Delta code
+makes the loss exactly the classic L1-regularised autoencoder) and the denoising AE (while fitting,
+the encoder reads a corrupted input and the decoder must reproduce the clean one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions.transforms import Permute, conditional_affine_autoregressive
+from torch import nn
+
+from .._data import training_arrays
+from .._errors import ZooError
+from .._model import ZooModel
+from . import noise
+
+LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
+PRIORS = ("normal", "laplace")
+CODES = ("normal", "laplace", "delta", "iaf")
+ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+AE_SVI_DEFAULTS = {"batch_size": 100, "lr": 1e-3, "num_epochs": 10, "elbo": "meanfield"}
+REFUSED = {"laplace": "its latents are per-point codes inferred by an amortised encoder; use svi",
+           "nuts": "its latents are per-point codes inferred by an amortised encoder; use svi"}
+
+
+def mlp(sizes, activation: str, last_activation: bool = False) -> nn.Sequential:
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if last_activation or i < len(sizes) - 2:
+            layers.append(ACTIVATION_MODULES[activation]())
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """x -> hidden h -> (loc, scale) of the code; ``num_flows`` IAF steps conditioned on h (Kingma et al. 2016)."""
+
+    def __init__(self, in_features, hidden, latent_dim, activation, num_flows, flow_hidden):
+        super().__init__()
+        self.trunk = mlp([in_features, *hidden], activation, last_activation=True)
+        self.loc = nn.Linear(hidden[-1], latent_dim)
+        self.scale = nn.Linear(hidden[-1], latent_dim)
+        self.flows = nn.ModuleList(
+            conditional_affine_autoregressive(latent_dim, hidden[-1], [flow_hidden, flow_hidden], stable=True)
+            for _ in range(num_flows))
+        self.reverse = torch.arange(latent_dim - 1, -1, -1)
+
+    def q(self, x: torch.Tensor, code: str) -> dist.Distribution:
+        """q(z | x) for points ``x`` (n, features), batch shape (n,), event (latent_dim,)."""
+        h = self.trunk(x)
+        loc = self.loc(h)
+        if code == "delta":
+            return dist.Delta(loc, event_dim=1)
+        scale = F.softplus(self.scale(h)) + 1e-5
+        if code == "laplace":
+            return dist.Laplace(loc, scale).to_event(1)
+        base = dist.Normal(loc, scale).to_event(1)
+        if code == "normal":
+            return base
+        if not self.flows:
+            raise ZooError("guide 'iaf' needs flows: build the model with num_flows >= 1 (vae-iaf does)")
+        steps = []
+        for i, flow in enumerate(self.flows):  # reverse the order between steps, as Kingma et al. do
+            steps += [flow.condition(h)] + ([Permute(self.reverse.to(x.device))] if i < len(self.flows) - 1 else [])
+        return dist.TransformedDistribution(base, steps)
+
+
+class Decoder(nn.Module):
+    """z -> the likelihood p(x | z) over flattened x; a Gaussian's sigma is fixed or learnt."""
+
+    def __init__(self, latent_dim, hidden, out_features, activation, likelihood, sigma):
+        super().__init__()
+        self.net = mlp([latent_dim, *hidden, out_features], activation)
+        self.likelihood = likelihood
+        self.sigma = sigma
+        learnt = likelihood == "gaussian" and sigma is None
+        self.log_sigma = nn.Parameter(torch.zeros(())) if learnt else None
+
+    def forward(self, z: torch.Tensor) -> dist.Distribution:
+        out = self.net(z)
+        if self.likelihood == "bernoulli":
+            return dist.Bernoulli(logits=out).to_event(1)
+        if self.likelihood == "continuous-bernoulli":
+            return dist.ContinuousBernoulli(logits=out.clamp(-30, 30)).to_event(1)
+        sigma = self.log_sigma.exp() if self.log_sigma is not None else torch.tensor(self.sigma, device=z.device)
+        return dist.Normal(out, sigma.expand(out.shape)).to_event(1)
+
+
+class AutoEncoder(nn.Module):
+    """``model(x)``: z ~ prior, x ~ decoder(z); ``guide_for(code)(x)``: z ~ q(z | corrupt(x)).
+
+    Every point has its own code ``z`` in plate ``"data"``, so minibatches subsample codes and data
+    together. The networks' weights are point estimates (``pyro.module``), as in a standard VAE.
+    """
+
+    def __init__(self, input_shape, latent_dim, hidden, activation, likelihood, sigma, prior, prior_scale,
+                 num_flows=0, flow_hidden=100, corruption: Callable | None = None):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        features = math.prod(self.input_shape)
+        self.latent_dim = latent_dim
+        self.prior_name, self.prior_scale = prior, prior_scale
+        self.corruption = corruption
+        self.encoder = Encoder(features, hidden, latent_dim, activation, num_flows, flow_hidden)
+        self.decoder = Decoder(latent_dim, list(reversed(hidden)), features, activation, likelihood, sigma)
+
+    def prior(self, device) -> dist.Distribution:
+        family = dist.Normal if self.prior_name == "normal" else dist.Laplace
+        return family(torch.zeros(self.latent_dim, device=device), self.prior_scale).to_event(1)
+
+    def flat(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1)
+
+    def model(self, x: torch.Tensor) -> torch.Tensor:
+        self._follow(x)
+        pyro.module("decoder", self.decoder)
+        flat = self.flat(x)
+        with pyro.plate("data", x.shape[0]) as idx:
+            z = pyro.sample("z", self.prior(x.device))
+            return pyro.sample("x", self.decoder(z), obs=flat[idx])
+
+    def guide_for(self, code: str) -> Callable:
+        """The amortised guide with codes of family ``code`` (normal, laplace, delta or iaf)."""
+
+        def guide(x: torch.Tensor) -> torch.Tensor:
+            self._follow(x)
+            pyro.module("encoder", self.encoder)
+            flat = self.flat(x)
+            with pyro.plate("data", x.shape[0]) as idx:
+                seen = flat[idx]
+                if self.corruption is not None and noise.fitting():
+                    seen = self.corruption(seen)
+                return pyro.sample("z", self.encoder.q(seen, code))
+
+        guide.__name__ = f"{code}_encoder"
+        return guide
+
+    @torch.no_grad()
+    def code(self, flat: torch.Tensor, code: str) -> torch.Tensor:
+        """A point code per row: q's location, pushed through the flows for ``iaf``."""
+        q = self.encoder.q(flat, code)
+        if isinstance(q, dist.TransformedDistribution):
+            z = q.base_dist.base_dist.loc
+            for t in q.transforms:
+                z = t(z)
+            return z
+        return q.mean
+
+    def restore(self, params: dict[str, torch.Tensor]) -> None:
+        """Load the weights a fit left in ``params`` (names ``encoder$$$...``, ``decoder$$$...``)."""
+        for part in ("encoder", "decoder"):
+            prefix = f"{part}$$$"
+            state = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+            getattr(self, part).load_state_dict(state, strict=False)
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
+        if self.decoder.log_sigma is not None:
+            nn.init.zeros_(self.decoder.log_sigma)
+
+    def _follow(self, x: torch.Tensor) -> None:
+        if self.decoder.net[0].weight.device != x.device:
+            self.to(x.device)
+            self.encoder.reverse = self.encoder.reverse.to(x.device)
+
+
+def validator(name: str, input_shape, likelihood: str) -> Callable:
+    def validate(args):
+        if len(args) != 1 or not isinstance(args[0], torch.Tensor):
+            raise ZooError(f"{name}: expected the data x alone (a tensor of points), got {len(args)} arguments")
+        x = args[0]
+        if tuple(x.shape[1:]) != tuple(input_shape) and tuple(x.shape[1:]) != (math.prod(input_shape),):
+            raise ZooError(f"{name}: x must have shape (points, {', '.join(map(str, input_shape))}) as the "
+                           f"model was built for; got {tuple(x.shape)}. Build it with data= of this shape")
+        if not x.is_floating_point():
+            raise ZooError(f"{name}: x must be floating point, got {x.dtype}")
+        if likelihood == "gaussian" or not x.numel():
+            return
+        if x.min() < 0 or x.max() > 1:
+            raise ZooError(f"{name}: the {likelihood} likelihood needs pixel values in [0, 1], got range "
+                           f"[{float(x.min()):.3g}, {float(x.max()):.3g}]; divide 8-bit images by 255")
+        if likelihood == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
+            raise ZooError(f"{name}: the bernoulli likelihood needs binary pixels (0 or 1), got grey levels; "
+                           "load binarised data (zoo.datasets.load('mnist', binarize=True)) or build the "
+                           "model with likelihood='continuous-bernoulli' or 'gaussian'")
+
+    return validate
+
+
+def build_autoencoder(name: str, data, *, input_shape, latent_dim: int, hidden, activation: str,
+                      likelihood: str, sigma, prior: str, prior_scale: float, codes: tuple[str, ...],
+                      num_flows: int = 0, flow_hidden: int = 100, corruption: Callable | None = None,
+                      config: dict) -> ZooModel:
+    """A checked :class:`AutoEncoder` wrapped as a :class:`ZooModel` with one guide per code family."""
+    if data is not None:
+        input_shape = tuple(training_arrays(data)[0].shape[1:])
+    hidden = [int(h) for h in hidden]
+    checks = [
+        (likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}"),
+        (prior in PRIORS, f"prior must be one of {PRIORS}, got {prior!r}"),
+        (activation in ACTIVATION_MODULES,
+         f"activation must be one of {sorted(ACTIVATION_MODULES)}, got {activation!r}"),
+        (len(input_shape) >= 1 and all(int(s) > 0 for s in input_shape),
+         f"input_shape must be positive sizes, e.g. (784,) or (1, 28, 28); got {tuple(input_shape)}"),
+        (isinstance(latent_dim, int) and latent_dim > 0, f"latent_dim must be a positive integer, got {latent_dim!r}"),
+        (len(hidden) >= 1 and min(hidden) > 0, f"hidden must list at least one positive layer width, got {hidden}"),
+        (prior_scale > 0, f"prior_scale must be positive, got {prior_scale}"),
+        (sigma is None or sigma > 0, f"sigma must be positive or None (learnt), got {sigma}"),
+        (num_flows >= 0, f"num_flows must be >= 0, got {num_flows}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ZooError(f"{name}: {message}")
+    ae = AutoEncoder(input_shape, latent_dim, hidden, activation, likelihood, sigma, prior, prior_scale,
+                     num_flows, flow_hidden, corruption)
+    guides = {code: (lambda zm, code=code: ae.guide_for(code)) for code in codes}
+    return ZooModel(ae.model, guides=guides, config={**config, "input_shape": list(input_shape)},
+                    validate=validator(name, input_shape, likelihood),
+                    fit_defaults={"svi": dict(AE_SVI_DEFAULTS)}, num_samples=100, refused=dict(REFUSED),
+                    autoencoder=ae)
