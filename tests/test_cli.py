@@ -5,6 +5,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import zoo
 from zoo.cli import main
@@ -28,6 +29,19 @@ def test_fit_lenet_on_shipped_mnist_writes_reliability_and_uncertain_images(tmp_
         assert (out / name).stat().st_size > 1000, name
     again = zoo.load_posterior(out)
     assert again.num_draws == 5 and set(again.to_arviz().posterior.data_vars) == {"w3", "b3"}
+
+
+@pytest.mark.parametrize("model", ["vae", "denoising-ae"])
+def test_fit_autoencoder_prints_bounds_and_writes_three_pngs(model, tmp_path, capsys):
+    out = tmp_path / model
+    code = main(["fit", model, "--data", "mnist-mini", "--out", str(out), "--set", "hidden=[16]", "latent_dim=4",
+                 "--option", "num_epochs=1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "test ELBO" in printed and ("IWAE, k=100" in printed) == (model == "vae")
+    for name in ("samples.png", "reconstructions.png", "latent.png", "idata.nc"):
+        assert (out / name).stat().st_size > 1000, name
+    assert zoo.load_posterior(out).encode(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
 
 
 def test_fit_prints_metrics_and_writes_the_run(tmp_path, capsys):

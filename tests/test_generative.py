@@ -127,9 +127,10 @@ def test_save_load_round_trip_and_seeded_refit(fitted_vae, binary, tmp_path):
 
 def test_bad_input_gets_clear_errors(fitted_vae, binary):
     with pytest.raises(zoo.ZooError, match=r"\[0, 1\]"):
-        fitted_vae.encode(binary[:3] * 2)
+        fitted_vae.evaluate(binary[:3] * 2)
     with pytest.raises(zoo.ZooError, match="binary pixels"):
-        fitted_vae.encode(binary[:3] * 0.5)
+        fitted_vae.log_likelihood(binary[:3] * 0.5)
+    assert fitted_vae.encode(binary[:3] * 0.5).shape == (3, 2)  # an encoder reads any input of the right shape
     with pytest.raises(zoo.ZooError, match="shape"):
         fitted_vae.reconstruct(torch.zeros(3, 10))
     for backend in ("nuts", "laplace"):

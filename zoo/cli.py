@@ -10,6 +10,8 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
+
 from ._errors import ZooError
 
 
@@ -91,9 +93,13 @@ def run_fit(args) -> None:
 
     config, options = _key_values(args.set), _key_values(args.option)
     where = {"split": args.split} if args.split is not None else {}
-    data = datasets.load(args.data, **where, **({"path": args.data_path} if args.data_path else {}))
+    where.update({"path": args.data_path} if args.data_path else {})
+    data = datasets.load(args.data, **where)
     label = f"{args.data}" + (f" split {args.split}" if args.split is not None else "")
     model = load(args.model, data=data, **config)
+    if _needs_binary(model, data):
+        print(f"zoo: binarising {args.data} (fixed, seeded) for the bernoulli likelihood", file=sys.stderr)
+        data = datasets.load(args.data, **where, binarize=True)
     out = Path(args.out or f"runs/{args.model}-{args.data}-{args.backend}")
     make_backend(args.backend, options)  # bad backend options fail here, before any output
     print(f"zoo: fitting {args.model} to {label} with {args.backend} "
@@ -106,6 +112,9 @@ def run_fit(args) -> None:
     wall = time.perf_counter() - start
     for w in caught:
         print(f"zoo: warning: {w.message}", file=sys.stderr)
+    if post.model.autoencoder is not None:
+        _report_generative(post, data, out, f"{args.model} on {label}", wall)
+        return
     pred = post.predict(data.test.x)
     metrics = (post.evaluate(data.test) if pred.probs is None
                else {**classification(pred.probs, data.test.y),
@@ -136,3 +145,43 @@ def run_fit(args) -> None:
     if "interrupted" in post.info:
         print(f"zoo: interrupted; saved the work done so far to {out}", file=sys.stderr)
     print(f"wrote {out}/ (zoo.json, samples.pt, params.pt, posterior.nc, idata.nc, plots)")
+
+
+def _needs_binary(model, data) -> bool:
+    """A bernoulli autoencoder given grey-level images (then loaded again, binarised)."""
+    ae = model.autoencoder
+    x = data.train.x
+    return ae is not None and ae.decoder.likelihood == "bernoulli" and not bool(((x == 0) | (x == 1)).all())
+
+
+def _report_generative(post, data, out: Path, label: str, wall: float, iwae_samples: int = 100) -> None:
+    """An autoencoder's scores on the test split and its three PNGs: samples, reconstructions, codes."""
+    from .plots import image_grid, latent_scatter
+
+    scores = post.evaluate(data.test, iwae_samples=iwae_samples)
+    post.save(out)
+    post.to_arviz(data.test.x[:100]).to_netcdf(str(out / "idata.nc"))
+    names = {"elbo": "test ELBO", "log_likelihood": f"test log p(x) (IWAE, k={iwae_samples})",
+             "reconstruction_mse": "reconstruction MSE"}
+    print(f"{label}: " + ", ".join(f"{names[k]} {v:.4f}" for k, v in scores.items()) + f", wall {wall:.1f} s")
+    x = data.test.x[:8]
+    if x.dim() == 2:  # flattened square images back to (n, 1, side, side)
+        side = int(x.shape[1] ** 0.5)
+        x = x.reshape(-1, 1, side, side) if side * side == x.shape[1] else None
+    if x is None:
+        print("zoo: the data are not square images: no PNGs")
+        return
+    shape = x.shape
+    image_grid(post.generate(32, seed=0).reshape(-1, *shape[1:]), out / "samples.png", ncols=8)
+    rows, titles = [x], ["clean"] * 8
+    corrupt = post.net.corruption
+    if corrupt is not None:
+        noisy = corrupt(post.net.flat(x)).reshape(shape)
+        rows.append(noisy.clamp(0, 1))
+        x, titles = noisy, titles + ["corrupted"] * 8
+    rows.append(post.reconstruct(x.reshape(-1, *post.net.input_shape)).reshape(shape))
+    titles += ["denoised" if corrupt is not None else "reconstructed"] * 8
+    image_grid(torch.cat(rows), out / "reconstructions.png", titles=titles, ncols=8)
+    codes = post.encode(data.test.x[:2000])
+    latent_scatter(codes, data.test.y[:2000], out / "latent.png", title=f"{label}: codes of {len(codes):,} test points")
+    print(f"wrote {out}/ (zoo.json, params.pt, idata.nc, samples.png, reconstructions.png, latent.png)")

@@ -1,4 +1,4 @@
-"""PNG plots: predictive mean +- 2 sd against the truth, traces, reliability diagrams and image grids."""
+"""PNG plots: predictive mean +- 2 sd against the truth, traces, reliability diagrams, image grids, latent scatters."""
 
 from __future__ import annotations
 
@@ -94,6 +94,31 @@ def image_grid(images, path, titles: list[str] | None = None, ncols: int = 8) ->
             ax.imshow(images[i], cmap="gray")
             if titles is not None:
                 ax.set_title(str(titles[i]), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def latent_scatter(codes: torch.Tensor, labels, path, title: str = "") -> Path:
+    """Codes (n, latent) as a 2-D scatter coloured by label; wider codes are shown on their top two
+    principal components."""
+    codes = torch.as_tensor(codes).detach().cpu().float()
+    if codes.dim() != 2 or codes.shape[0] < 2:
+        raise ZooError(f"codes must be shaped (points, latent) with at least 2 points; got {tuple(codes.shape)}")
+    axes = ("z1", "z2")
+    if codes.shape[1] > 2:
+        centred = codes - codes.mean(0)
+        codes = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
+        axes = ("principal component 1", "principal component 2")
+    elif codes.shape[1] == 1:
+        codes = torch.cat([codes, torch.zeros_like(codes)], 1)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    points = ax.scatter(codes[:, 0], codes[:, 1], c=np.asarray(labels), cmap="tab10", s=4)
+    fig.colorbar(points, ax=ax, label="label")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

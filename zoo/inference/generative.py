@@ -13,6 +13,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from .._data import as_args
 from .._errors import ZooError
+from ..models.encoder_decoder import check_inputs
 from .posterior import Posterior
 
 # rows (points x importance samples) per vectorised pass: bounded memory for any k
@@ -56,11 +57,13 @@ class GenerativePosterior(Posterior):
     def num_draws(self) -> int:
         return 0
 
-    def _points(self, data) -> torch.Tensor:
-        """The flattened points of ``data`` (a Split, an array or ``(x,)``), checked."""
+    def _points(self, data, scored: bool = True) -> torch.Tensor:
+        """The flattened points of ``data`` (a Split, an array or ``(x,)``), checked: their shape, and
+        when ``scored`` by the likelihood also its support (an encoder may read any input, e.g. noisy ones)."""
         args, _ = as_args(data, device=self.net.decoder.net[0].weight.device, inputs_only=True)
-        self.model.validate(args)
-        return self.net.flat(args[0])
+        if scored:
+            self.model.validate(args)
+        return self.net.flat(check_inputs(self.model.name, args, self.net.input_shape))
 
     def _shaped(self, flat: torch.Tensor) -> torch.Tensor:
         return flat.reshape(*flat.shape[:-1], *self.net.input_shape)
@@ -68,7 +71,7 @@ class GenerativePosterior(Posterior):
     def encode(self, x) -> torch.Tensor:
         """Point codes (points, latent_dim): q's mean (its mode for a Delta; the flows of q's base
         mean for ``iaf``)."""
-        return self.net.code(self._points(x), self.code_family)
+        return self.net.code(self._points(x, scored=False), self.code_family)
 
     @torch.no_grad()
     def reconstruct(self, x) -> torch.Tensor:
@@ -90,7 +93,7 @@ class GenerativePosterior(Posterior):
     @torch.no_grad()
     def latents(self, x, num_samples: int = 100) -> torch.Tensor:
         """Draws from q(z | x) for every point: (num_samples, points, latent_dim)."""
-        flat = self._points(x)
+        flat = self._points(x, scored=False)
         with pyro.get_param_store().scope(), pyro.plate("_draws", num_samples, dim=-2):
             return poutine.trace(self.guide).get_trace(flat).nodes["z"]["value"].expand(num_samples, -1, -1)
 

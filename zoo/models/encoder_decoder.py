@@ -176,16 +176,24 @@ class AutoEncoder(nn.Module):
             self.encoder.reverse = self.encoder.reverse.to(x.device)
 
 
+def check_inputs(name: str, args: tuple, input_shape) -> torch.Tensor:
+    """The points ``x`` of ``args``, checked against the input shape the model was built for."""
+    if len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        raise ZooError(f"{name}: expected the data x alone (a tensor of points), got {len(args)} arguments")
+    x = args[0]
+    if tuple(x.shape[1:]) != tuple(input_shape) and tuple(x.shape[1:]) != (math.prod(input_shape),):
+        raise ZooError(f"{name}: x must have shape (points, {', '.join(map(str, input_shape))}) as the "
+                       f"model was built for; got {tuple(x.shape)}. Build it with data= of this shape")
+    if not x.is_floating_point():
+        raise ZooError(f"{name}: x must be floating point, got {x.dtype}")
+    return x
+
+
 def validator(name: str, input_shape, likelihood: str) -> Callable:
+    """Checks the data a fit or a likelihood sees: the input shape and the likelihood's support."""
+
     def validate(args):
-        if len(args) != 1 or not isinstance(args[0], torch.Tensor):
-            raise ZooError(f"{name}: expected the data x alone (a tensor of points), got {len(args)} arguments")
-        x = args[0]
-        if tuple(x.shape[1:]) != tuple(input_shape) and tuple(x.shape[1:]) != (math.prod(input_shape),):
-            raise ZooError(f"{name}: x must have shape (points, {', '.join(map(str, input_shape))}) as the "
-                           f"model was built for; got {tuple(x.shape)}. Build it with data= of this shape")
-        if not x.is_floating_point():
-            raise ZooError(f"{name}: x must be floating point, got {x.dtype}")
+        x = check_inputs(name, args, input_shape)
         if likelihood == "gaussian" or not x.numel():
             return
         if x.min() < 0 or x.max() > 1:
