@@ -26,7 +26,9 @@ import zoo
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "vae-runs.jsonl"
 # Burda, Grosse & Salakhutdinov 2016, Table 1, one stochastic layer (784-200-200-50), test NLL in nats
-PUBLISHED = {"vae": ("VAE, k=1", 86.76), "vae-iaf": ("IWAE, k=50", 84.78)}
+# (their IWAE is trained with the k=50 bound: a tighter objective, not a flow guide)
+PUBLISHED = {"VAE (k=1)": 86.76, "IWAE (k=50)": 84.78}
+MODELS = ("vae", "vae-iaf")
 
 
 def run(models, epochs, iwae_samples, test_points, path, seed, threads):
@@ -61,13 +63,13 @@ def summarise():
              "pixel, seed 0). Published: Burda et al. 2016, Table 1, one stochastic layer 784-200-200-50, "
              "3,280 epochs, dynamic binarisation, NLL by k = 5,000. fit_s and eval_s are wall seconds on a "
              "2-core CPU shared with other jobs.", "",
-             "| model | guide | epochs | test images | k | test NLL (IWAE) | test -ELBO | published (Burda) "
-             "| fit_s | eval_s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | guide | epochs | test images | k | test NLL (IWAE) | test -ELBO | fit_s | eval_s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (name, epochs, points), row in sorted(latest.items()):
-        label, ref = PUBLISHED[name]
         lines.append(f"| {name} | {row['guide']} | {epochs} | {points:,} | {row['iwae_samples']:,} | "
-                     f"{row['test_nll']:.2f} | {row['test_neg_elbo']:.2f} | {ref} ({label}) | "
-                     f"{row['fit_s']:.0f} | {row['eval_s']:.0f} |")
+                     f"{row['test_nll']:.2f} | {row['test_neg_elbo']:.2f} | {row['fit_s']:.0f} | {row['eval_s']:.0f} |")
+    lines += [f"| Burda et al. 2016, {name} | | 3,280 | 10,000 | 5,000 | {nll} | | | |"
+              for name, nll in PUBLISHED.items()]
     first = next(iter(latest.values()), None)
     if first:
         lines += ["", f"Hardware: {first['hardware']}, torch {first['torch']}.", ""]
@@ -78,7 +80,7 @@ def summarise():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vae", "vae-iaf"], choices=list(PUBLISHED))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--iwae-samples", type=int, default=5000)
     parser.add_argument("--test-points", type=int, default=10000)

@@ -19,3 +19,14 @@ def test_backends_on_cuda(backend, options):
     metrics = post.evaluate((data.test.x.cuda(), data.test.y.cuda()))
     assert torch.isfinite(torch.tensor(metrics["test_ll"]))
     assert post.to_arviz(data.test).log_likelihood["y"].shape[-1] == len(data.test)
+
+
+@pytest.mark.parametrize("name", ["vae", "vae-iaf"])
+def test_autoencoder_on_cuda(name):
+    data = zoo.datasets.load("mnist-mini", binarize=True, fraction=0.1)
+    post = zoo.fit(zoo.load(name, data=data, hidden=[32], latent_dim=4), data.train, num_epochs=1,
+                   device="cuda", seed=0)
+    assert post.net.decoder.net[0].weight.is_cuda
+    assert post.encode(data.test.x[:5]).is_cuda and post.generate(3).is_cuda
+    scores = post.evaluate(data.test.x.cuda(), iwae_samples=50)
+    assert torch.isfinite(torch.tensor(scores["log_likelihood"]))

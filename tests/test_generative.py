@@ -15,8 +15,8 @@ from zoo.models.noise import per_example_noise
 
 @pytest.fixture(scope="module")
 def binary():
-    torch.manual_seed(0)
-    return torch.bernoulli(torch.rand(300, 12) * 0.8 + 0.1)
+    torch.manual_seed(0)  # two latent factors behind 12 binary pixels
+    return torch.bernoulli(torch.sigmoid(torch.randn(300, 2) @ (3 * torch.randn(2, 12))))
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,9 @@ def test_corruption_functions():
     x = torch.full((400, 100), 0.5)
     masked = masking(x, 0.3)
     assert torch.equal((masked == 0).sum(1), torch.full((400,), 30))
+    images = masking(torch.ones(50, 1, 10, 10), 0.3)  # counted over the whole image, not per pixel row
+    assert torch.equal((images == 0).flatten(1).sum(1), torch.full((50,), 30))
+    assert (images == 0).sum(-1).max() > 3
     salted = salt_and_pepper(x, 0.2)
     changed = salted != 0.5
     assert torch.equal(changed.sum(1), torch.full((400,), 20))
@@ -101,6 +104,16 @@ def test_denoising_guide_corrupts_only_while_fitting():
     assert not torch.allclose(noisy, clean[0])
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous-bernoulli", "gaussian"])
+def test_every_likelihood_learns(likelihood, binary):
+    x = binary if likelihood == "bernoulli" else binary * 0.6 + 0.2
+    zm = zoo.load("vae", data=(x,), latent_dim=2, hidden=[8], likelihood=likelihood)
+    post = zoo.fit(zm, x, num_epochs=40, batch_size=50, lr=1e-2, seed=0, progress=False)
+    first, last = sum(post.loss[:6]) / 6, sum(post.loss[-6:]) / 6
+    assert last < first - 1.0
+    assert -last == pytest.approx(post.evaluate(x, iwae_samples=1)["elbo"], abs=1.0)
+
+
 def test_posterior_shapes_and_arviz_groups():
     data = zoo.datasets.load("mnist-mini", binarize=True, fraction=0.1)
     zm = zoo.load("vae", data=data, latent_dim=3, hidden=[20])
@@ -121,6 +134,12 @@ def test_posterior_shapes_and_arviz_groups():
 def test_save_load_round_trip_and_seeded_refit(fitted_vae, binary, tmp_path):
     again = zoo.load_posterior(fitted_vae.save(tmp_path / "vae"))
     assert torch.equal(again.reconstruct(binary[:5]), fitted_vae.reconstruct(binary[:5]))
+    assert again.sites.local == {"z": (2,)}
+    iaf = zoo.fit(zoo.load("vae-iaf", data=(binary,), latent_dim=3, hidden=[8], flow_hidden=6), binary,
+                  num_steps=20, seed=0, progress=False)
+    torch.manual_seed(123)  # the flows' variable order must not depend on the random state at load time
+    again = zoo.load_posterior(iaf.save(tmp_path / "iaf"))
+    assert torch.equal(again.encode(binary[:5]), iaf.encode(binary[:5]))
     refit = zoo.fit(fitted_vae.model, binary, num_epochs=20, batch_size=50, lr=1e-2, seed=0, progress=False)
     assert torch.equal(refit.encode(binary[:5]), fitted_vae.encode(binary[:5]))
 

@@ -160,7 +160,7 @@ def _report_generative(post, data, out: Path, label: str, wall: float, iwae_samp
 
     scores = post.evaluate(data.test, iwae_samples=iwae_samples)
     post.save(out)
-    post.to_arviz(data.test.x[:100]).to_netcdf(str(out / "idata.nc"))
+    post.to_arviz(data.test.x[:100], iwae_samples=iwae_samples).to_netcdf(str(out / "idata.nc"))
     names = {"elbo": "test ELBO", "log_likelihood": f"test log p(x) (IWAE, k={iwae_samples})",
              "reconstruction_mse": "reconstruction MSE"}
     print(f"{label}: " + ", ".join(f"{names[k]} {v:.4f}" for k, v in scores.items()) + f", wall {wall:.1f} s")
@@ -184,4 +184,5 @@ def _report_generative(post, data, out: Path, label: str, wall: float, iwae_samp
     image_grid(torch.cat(rows), out / "reconstructions.png", titles=titles, ncols=8)
     codes = post.encode(data.test.x[:2000])
     latent_scatter(codes, data.test.y[:2000], out / "latent.png", title=f"{label}: codes of {len(codes):,} test points")
-    print(f"wrote {out}/ (zoo.json, params.pt, idata.nc, samples.png, reconstructions.png, latent.png)")
+    print(f"wrote {out}/ (zoo.json, samples.pt, params.pt, posterior.nc, idata.nc, samples.png, "
+          "reconstructions.png, latent.png)")

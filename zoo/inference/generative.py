@@ -63,7 +63,9 @@ class GenerativePosterior(Posterior):
         args, _ = as_args(data, device=self.net.decoder.net[0].weight.device, inputs_only=True)
         if scored:
             self.model.validate(args)
-        return self.net.flat(check_inputs(self.model.name, args, self.net.input_shape))
+        else:
+            check_inputs(self.model.name, args, self.net.input_shape)
+        return self.net.flat(args[0])
 
     def _shaped(self, flat: torch.Tensor) -> torch.Tensor:
         return flat.reshape(*flat.shape[:-1], *self.net.input_shape)

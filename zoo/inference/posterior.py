@@ -229,7 +229,7 @@ class Posterior:
         if cls is Posterior:
             cls = posterior_class(model)
         sites = Sites({k: (tuple(s), e) for k, (s, e) in meta["sites"]["latent"].items()},
-                      meta["sites"]["observed"])
+                      meta["sites"]["observed"], {k: tuple(s) for k, s in meta["sites"].get("local", {}).items()})
         return cls(model, stored["samples"], method=meta["method"], sites=sites,
                    sample_stats=stored["sample_stats"], loss=meta["loss"], params=params,
                    info=meta["info"], target_scale=meta["target_scale"], timings=meta["timings"],

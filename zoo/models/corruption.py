@@ -1,7 +1,7 @@
 """Corruption processes C(x) for denoising autoencoders (Vincent et al. 2010, section 4.2).
 
-Each takes flattened points ``x`` (n, features) and returns a corrupted copy of the same shape; a
-fresh corruption is drawn at every call, so every training step sees new noise.
+Each takes points ``x`` (n, ...) and returns a corrupted copy of the same shape, counting fractions over
+all of a point's entries; a fresh corruption is drawn at every call, so every training step sees new noise.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ def gaussian(x: torch.Tensor, std: float) -> torch.Tensor:
 
 
 def _chosen(x: torch.Tensor, fraction: float) -> torch.Tensor:
-    """A mask picking exactly round(fraction * features) entries of each row, at random."""
-    count = round(fraction * x.shape[-1])
-    ranks = torch.rand_like(x).argsort(-1).argsort(-1)
-    return ranks < count
+    """A mask picking exactly round(fraction * entries) entries of each point, at random."""
+    flat = x.reshape(x.shape[0], -1)
+    ranks = torch.rand_like(flat).argsort(-1).argsort(-1)
+    return (ranks < round(fraction * flat.shape[1])).reshape(x.shape)
 
 
 def masking(x: torch.Tensor, fraction: float) -> torch.Tensor:

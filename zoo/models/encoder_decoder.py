@@ -16,7 +16,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.distributions.transforms import Permute, conditional_affine_autoregressive
+from pyro.distributions.transforms import ConditionalAffineAutoregressive, Permute
+from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
 from .._data import training_arrays
@@ -50,8 +51,11 @@ class Encoder(nn.Module):
         self.trunk = mlp([in_features, *hidden], activation, last_activation=True)
         self.loc = nn.Linear(hidden[-1], latent_dim)
         self.scale = nn.Linear(hidden[-1], latent_dim)
+        # a fixed variable order (Pyro's default is a random one, drawn at build time and not saved with the
+        # weights), reversed between steps as in Kingma et al.
         self.flows = nn.ModuleList(
-            conditional_affine_autoregressive(latent_dim, hidden[-1], [flow_hidden, flow_hidden], stable=True)
+            ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(
+                latent_dim, hidden[-1], [flow_hidden, flow_hidden], permutation=torch.arange(latent_dim)), stable=True)
             for _ in range(num_flows))
         self.reverse = torch.arange(latent_dim - 1, -1, -1)
 
@@ -70,7 +74,7 @@ class Encoder(nn.Module):
         if not self.flows:
             raise ZooError("guide 'iaf' needs flows: build the model with num_flows >= 1 (vae-iaf does)")
         steps = []
-        for i, flow in enumerate(self.flows):  # reverse the order between steps, as Kingma et al. do
+        for i, flow in enumerate(self.flows):
             steps += [flow.condition(h)] + ([Permute(self.reverse.to(x.device))] if i < len(self.flows) - 1 else [])
         return dist.TransformedDistribution(base, steps)
 
@@ -161,7 +165,12 @@ class AutoEncoder(nn.Module):
         for part in ("encoder", "decoder"):
             prefix = f"{part}$$$"
             state = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-            getattr(self, part).load_state_dict(state, strict=False)
+            expected = {name for name, _ in getattr(self, part).named_parameters()}
+            if set(state) != expected:
+                raise ZooError(f"the saved weights do not fit this model's {part}: missing "
+                               f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}; "
+                               "was it saved from a model of another config?")
+            getattr(self, part).load_state_dict(state, strict=False)  # buffers (flow masks) are rebuilt
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -236,5 +245,5 @@ def build_autoencoder(name: str, data, *, input_shape, latent_dim: int, hidden, 
     guides = {code: (lambda zm, code=code: ae.guide_for(code)) for code in codes}
     return ZooModel(ae.model, guides=guides, config={**config, "input_shape": list(input_shape)},
                     validate=validator(name, input_shape, likelihood),
-                    fit_defaults={"svi": dict(AE_SVI_DEFAULTS)}, num_samples=100, refused=dict(REFUSED),
+                    fit_defaults={"svi": dict(AE_SVI_DEFAULTS)}, refused=dict(REFUSED),
                     autoencoder=ae)
