@@ -150,6 +150,10 @@ def test_bad_input_gets_clear_errors(fitted_vae, binary):
     with pytest.raises(zoo.ZooError, match="binary pixels"):
         fitted_vae.log_likelihood(binary[:3] * 0.5)
     assert fitted_vae.encode(binary[:3] * 0.5).shape == (3, 2)  # an encoder reads any input of the right shape
+    with pytest.raises(zoo.ZooError, match="binary pixels"):
+        zoo.fit(zoo.load("vae", input_shape=[12]), binary * 0.5)
+    with pytest.raises(zoo.ZooError, match=r"shape \(points, 1, 28, 28\)"):
+        zoo.fit(zoo.load("vae", input_shape=[1, 28, 28]), binary)
     with pytest.raises(zoo.ZooError, match="shape"):
         fitted_vae.reconstruct(torch.zeros(3, 10))
     for backend in ("nuts", "laplace"):

@@ -79,9 +79,9 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     result = engine.fit(zm, args, sites, num_samples=num_samples, progress=progress)
     elapsed = time.perf_counter() - start
     post = posterior_class(zm)(zm, result.samples, method=engine.name, sites=sites,
-                     sample_stats=result.sample_stats, loss=result.loss, params=result.params,
-                     info=result.info, target_scale=target_scale, timings={"fit_s": elapsed},
-                     options=options)
+                               sample_stats=result.sample_stats, loss=result.loss, params=result.params,
+                               info=result.info, target_scale=target_scale, timings={"fit_s": elapsed},
+                               options=options)
     for message in result.info.get("warnings", []):
         warnings.warn(message, ZooWarning, stacklevel=2)
     if "stopped" in result.info:

@@ -131,7 +131,9 @@ class GenerativePosterior(Posterior):
     def log_likelihood(self, data, iwae_samples: int = 1000) -> torch.Tensor:
         """Per-point estimates of log p(x): the IWAE bound with ``iwae_samples`` codes per point,
         computed in blocks so memory stays bounded for any k (k = 5,000 as in Burda et al.)."""
-        self._needs_density("log_likelihood")
+        if self.code_family == "delta":
+            raise ZooError("log_likelihood: the delta guide gives point codes with no density, so there is no "
+                           "importance-weighted log p(x); fit with guide='laplace' or 'normal'")
         return self._bounds(data, iwae_samples)[0]
 
     def evaluate(self, data, iwae_samples: int = 1000) -> dict[str, float]:
@@ -149,11 +151,6 @@ class GenerativePosterior(Posterior):
         if not delta:
             out["log_likelihood"] = float(iwae.mean())
         return {**out, "reconstruction_mse": mse}
-
-    def _needs_density(self, what: str) -> None:
-        if self.code_family == "delta":
-            raise ZooError(f"{what}: the delta guide gives point codes with no density, so there is no "
-                           "importance-weighted log p(x); fit with guide='laplace' or 'normal'")
 
     def __repr__(self) -> str:
         return f"GenerativePosterior({self.model.name}, guide={self.code_family!r}, steps={len(self.loss)})"
