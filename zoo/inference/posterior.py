@@ -80,6 +80,7 @@ class Posterior:
     def _trace_args(self, args: tuple) -> poutine.Trace:
         """:meth:`trace` for arguments already converted by ``as_args``."""
         self.model.validate(args)
+        self.model.load_params(self.params)
         flat = self.flat_samples()
         draws = next(iter(flat.values())).shape[0]
         mpn = self.model.max_plate_nesting
