@@ -92,3 +92,23 @@ def test_bad_input_gets_clear_errors():
         zoo.load("dgp", data=(x, y), num_layers=1)
     with pytest.raises(zoo.ZooError, match="data="):
         zoo.load("svgp")
+
+
+def test_gp_exact_with_nuts_recovers_a_known_lengthscale():
+    torch.manual_seed(0)
+    x = torch.linspace(0, 6, 50).unsqueeze(-1)
+    k = torch.exp(-0.5 * (x - x.T) ** 2 / 0.7**2) + 1e-5 * torch.eye(50)
+    y = torch.linalg.cholesky(k) @ torch.randn(50) + 0.1 * torch.randn(50)
+    zm = zoo.load("gp-exact", data=(x, y))
+    post = zoo.fit(zm, (x, y), "nuts", num_warmup=200, num_chains=1, num_samples=200, seed=0, progress=False)
+    lengthscale = post.flat_samples()["lengthscale"][:, 0]
+    assert 0.5 < float(lengthscale.median()) < 1.0
+    assert float(post.flat_samples()["noise"].median()) == pytest.approx(0.1, abs=0.06)
+    x_test = torch.linspace(0.5, 5.5, 7).unsqueeze(-1)
+    pred = post.predict(x_test)
+    truth = torch.linalg.solve(k + 0.01 * torch.eye(50), y)  # the GP mean at the true hyperparameters
+    mean = torch.exp(-0.5 * (x_test - x.T) ** 2 / 0.7**2) @ truth
+    assert torch.allclose(pred.mean, mean, atol=0.1)
+    idata = post.to_arviz((x_test, mean))
+    assert idata.posterior["lengthscale"].dims == ("chain", "draw", "input")
+    assert idata.log_likelihood["y"].shape == (1, 200, 7)

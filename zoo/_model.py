@@ -65,6 +65,11 @@ class ZooModel:
         Networks whose weights are point estimates, registered in the model or guide with
         ``pyro.module(name, module)``. Every fit starts them from their state at build time, and a
         posterior loads its fitted weights into them (from its ``params``) before it predicts.
+    predictive : callable, optional
+        The model as run at new inputs, when it differs from the one fitted: an exact GP fits the joint
+        likelihood of its training targets and predicts through the conditional on them. Default: ``model``.
+    dims : dict, optional
+        Names for the dims of latent sites in ArviZ, e.g. ``{"lengthscale": ["input"]}``.
     local_latents : bool
         The model has per-point latents in plate "data" that its own guides draw (a deep GP's layer
         outputs, an autoencoder's codes); they are redrawn at prediction, not kept as draws.
@@ -90,6 +95,8 @@ class ZooModel:
         refused: dict[str, str] | None = None,
         last_layer: list[str] | None = None,
         predict_batch: int | None = None,
+        predictive: Callable | None = None,
+        dims: dict[str, list[str]] | None = None,
         modules: dict | None = None,
         local_latents: bool = False,
         autoencoder=None,
@@ -112,6 +119,8 @@ class ZooModel:
         self.last_layer = last_layer
         self.predict_batch = predict_batch
         self.autoencoder = autoencoder
+        self.predictive = predictive or model
+        self.dims = dict(dims or {})
         self.modules = dict(modules or {})
         self._initial = {name: copy.deepcopy(m.state_dict()) for name, m in self.modules.items()}
         self.name: str | None = None

@@ -89,7 +89,7 @@ class Posterior:
             pad = mpn - (len(shape) - event_dim)
             cond[name] = flat[name].reshape(draws, *([1] * pad), *shape)
         with torch.no_grad(), pyro.plate("_draws", draws, dim=-mpn - 1):
-            return poutine.trace(poutine.condition(self.model.model, cond)).get_trace(*args)
+            return poutine.trace(poutine.condition(self.model.predictive, cond)).get_trace(*args)
 
     def _device(self):
         return next(iter(self.samples.values())).device
