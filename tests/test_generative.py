@@ -6,7 +6,6 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
-from torch import nn
 
 import zoo
 from zoo.models.corruption import corruption, gaussian, masking, salt_and_pepper
@@ -42,8 +41,7 @@ def test_iwae_of_linear_gaussian_vae_reaches_the_exact_marginal():
     torch.manual_seed(0)
     w_true = torch.randn(5, 2)
     x = torch.randn(400, 2) @ w_true.T + 0.3 * torch.randn(400, 5) + 1.0
-    zm = zoo.load("vae", data=(x,), latent_dim=2, hidden=[32], likelihood="gaussian", sigma=0.3)
-    zm.autoencoder.decoder.net = nn.Sequential(nn.Linear(2, 5))  # a linear decoder: pPCA
+    zm = zoo.load("vae", data=(x,), latent_dim=2, hidden=[32], likelihood="gaussian", sigma=0.3, decoder_hidden=[])
     post = zoo.fit(zm, x, num_epochs=150, batch_size=100, lr=1e-2, seed=0, progress=False)
     linear = post.net.decoder.net[0]
     cov = linear.weight @ linear.weight.T + 0.3**2 * torch.eye(5)

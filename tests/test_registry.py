@@ -17,6 +17,8 @@ def small_data(card):
     if card.family == "bayesian-rnn":
         x = torch.randint(1, 9, (24, 5)) if card.task == "classification" else torch.randn(24, 5, 2)
         return (x, y), "y", dict(hidden=4) if card.task == "regression" else dict(hidden=4, embed_dim=3)
+    if card.family == "gaussian-process":
+        return (torch.randn(24, 3), y), "y", dict(num_inducing=5)
     return (torch.randn(24, 3), y), "y", dict(hidden=[4])
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pyro.infer.autoguide as ag
+import torch
 from pyro.infer.autoguide.initialization import init_to_median
 
 from ._errors import ZooError, unknown_name
@@ -59,6 +61,18 @@ class ZooModel:
     predict_batch : int, optional
         Points per vectorised prediction pass for 100 draws (scaled to the number of draws), so
         that big networks predict in bounded memory; default all points at once.
+    modules : dict of str to torch.nn.Module, optional
+        Networks whose weights are point estimates, registered in the model or guide with
+        ``pyro.module(name, module)``. Every fit starts them from their state at build time, and a
+        posterior loads its fitted weights into them (from its ``params``) before it predicts.
+    predictive : callable, optional
+        The model as run at new inputs, when it differs from the one fitted: an exact GP fits the joint
+        likelihood of its training targets and predicts through the conditional on them. Default: ``model``.
+    dims : dict, optional
+        Names for the dims of latent sites in ArviZ, e.g. ``{"lengthscale": ["input"]}``.
+    local_latents : bool
+        The model has per-point latents in plate "data" that its own guides draw (a deep GP's layer
+        outputs, an autoencoder's codes); they are redrawn at prediction, not kept as draws.
     autoencoder : torch.nn.Module, optional
         For models with per-point codes inferred by an amortised encoder (VAEs, sparse and
         denoising AEs): the module holding encoder and decoder. Such a model is fitted to x alone
@@ -81,14 +95,19 @@ class ZooModel:
         refused: dict[str, str] | None = None,
         last_layer: list[str] | None = None,
         predict_batch: int | None = None,
+        predictive: Callable | None = None,
+        dims: dict[str, list[str]] | None = None,
+        modules: dict | None = None,
+        local_latents: bool = False,
         autoencoder=None,
     ):
         if not callable(model):
             raise ZooError(f"model must be a callable Pyro model, got {type(model).__name__}")
         self.model = model
         self.guide = guide
-        # autoguides over per-point codes are neither amortised nor minibatchable: not offered
-        self.guides = {**({} if autoencoder is not None else GENERIC_GUIDES), **(guides or {})}
+        self.local_latents = local_latents or autoencoder is not None
+        # autoguides over per-point latents are neither amortised nor minibatchable: not offered
+        self.guides = {**({} if self.local_latents else GENERIC_GUIDES), **(guides or {})}
         self.config = config
         self.validate = validate or (lambda args: None)
         self.fit_defaults = fit_defaults or {}
@@ -100,8 +119,29 @@ class ZooModel:
         self.last_layer = last_layer
         self.predict_batch = predict_batch
         self.autoencoder = autoencoder
+        self.predictive = predictive or model
+        self.dims = dict(dims or {})
+        self.modules = dict(modules or {})
+        self._initial = {name: copy.deepcopy(m.state_dict()) for name, m in self.modules.items()}
         self.name: str | None = None
         self.card = None
+
+    def reset_modules(self) -> None:
+        """Every module back to its state at build time (a fit starts from there)."""
+        for name, module in self.modules.items():
+            module.load_state_dict(self._initial[name])
+
+    def load_params(self, params: dict[str, torch.Tensor], modules: dict | None = None) -> None:
+        """Load fitted weights (param-store names ``name$$$parameter``) into ``modules`` (default: the model's)."""
+        for name, module in (self.modules if modules is None else modules).items():
+            prefix = f"{name}$$$"
+            state = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+            expected = {key for key, _ in module.named_parameters()}
+            if set(state) != expected:
+                raise ZooError(f"the fitted weights do not fit module {name!r}: missing "
+                               f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}; "
+                               "were they saved from a model of another config?")
+            module.load_state_dict(state, strict=False)  # buffers (masks, fixed inputs) come from the config
 
     def __call__(self, *args, **kwargs):
         return self.model(*args, **kwargs)

@@ -63,8 +63,8 @@ class FitResult:
 
 @dataclass
 class Sites:
-    """The model's global latent sites (name -> (shape, event_dim)), its observed sites, and its
-    local latents: per-point sites inside plate "data" (name -> event shape), kept only by amortised models."""
+    """The model's global latent sites (name -> (shape, event_dim)), its observed sites, and its local
+    latents: per-point sites inside plate "data" (name -> event shape), allowed when its guides draw them."""
 
     latent: dict[str, tuple[tuple[int, ...], int]]
     observed: list[str]
@@ -89,8 +89,8 @@ class Sites:
                     local[name] = tuple(site["fn"].event_shape)
                 else:
                     raise ZooError(f"site {name!r} is a local latent inside plate 'data'; the backends keep "
-                                   "global latents only, unless the model is an amortised autoencoder "
-                                   "(ZooModel(autoencoder=...)) fitted with svi")
+                                   "global latents only, unless the model's own guides draw it "
+                                   "(ZooModel(local_latents=True)) and it is fitted with svi")
         if not observed:
             raise ZooError("the model has no observed site: pass the observations as its last "
                            "argument and use pyro.sample(..., obs=y)")

@@ -71,10 +71,9 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     if seed is not None:
         pyro.set_rng_seed(seed)
     pyro.clear_param_store()
-    if amortised:  # every fit trains fresh networks, seeded
-        zm.autoencoder.reset_parameters()
+    zm.reset_modules()  # every fit trains its networks from the same start
     progress = sys.stderr.isatty() if progress is None else progress
-    sites = Sites.of(zm.model, args, allow_local=amortised)
+    sites = Sites.of(zm.model, args, allow_local=zm.local_latents)
     start = time.perf_counter()
     result = engine.fit(zm, args, sites, num_samples=num_samples, progress=progress)
     elapsed = time.perf_counter() - start

@@ -42,7 +42,7 @@ class GenerativePosterior(Posterior):
     def __init__(self, model, samples, **kwargs):
         super().__init__(model, samples, **kwargs)
         self.net = copy.deepcopy(model.autoencoder)
-        self.net.restore(self.params)
+        model.load_params(self.params, {"encoder": self.net.encoder, "decoder": self.net.decoder})
         self.code_family = self.options.get("guide") or (model.card.default_guide if model.card else None)
         if self.code_family not in model.guides:
             raise ZooError(f"{model.name}: a posterior needs one of the model's own guides {sorted(model.guides)}, "

@@ -80,6 +80,7 @@ class Posterior:
     def _trace_args(self, args: tuple) -> poutine.Trace:
         """:meth:`trace` for arguments already converted by ``as_args``."""
         self.model.validate(args)
+        self.model.load_params(self.params)
         flat = self.flat_samples()
         draws = next(iter(flat.values())).shape[0]
         mpn = self.model.max_plate_nesting
@@ -88,7 +89,7 @@ class Posterior:
             pad = mpn - (len(shape) - event_dim)
             cond[name] = flat[name].reshape(draws, *([1] * pad), *shape)
         with torch.no_grad(), pyro.plate("_draws", draws, dim=-mpn - 1):
-            return poutine.trace(poutine.condition(self.model.model, cond)).get_trace(*args)
+            return poutine.trace(poutine.condition(self.model.predictive, cond)).get_trace(*args)
 
     def _device(self):
         return next(iter(self.samples.values())).device

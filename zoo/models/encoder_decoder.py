@@ -108,7 +108,7 @@ class AutoEncoder(nn.Module):
     """
 
     def __init__(self, input_shape, latent_dim, hidden, activation, likelihood, sigma, prior, prior_scale,
-                 num_flows=0, flow_hidden=100, corruption: Callable | None = None):
+                 num_flows=0, flow_hidden=100, corruption: Callable | None = None, decoder_hidden=None):
         super().__init__()
         self.input_shape = tuple(input_shape)
         features = math.prod(self.input_shape)
@@ -116,7 +116,8 @@ class AutoEncoder(nn.Module):
         self.prior_name, self.prior_scale = prior, prior_scale
         self.corruption = corruption
         self.encoder = Encoder(features, hidden, latent_dim, activation, num_flows, flow_hidden)
-        self.decoder = Decoder(latent_dim, list(reversed(hidden)), features, activation, likelihood, sigma)
+        decoder_hidden = list(reversed(hidden)) if decoder_hidden is None else list(decoder_hidden)
+        self.decoder = Decoder(latent_dim, decoder_hidden, features, activation, likelihood, sigma)
 
     def prior(self, device) -> dist.Distribution:
         family = dist.Normal if self.prior_name == "normal" else dist.Laplace
@@ -160,25 +161,6 @@ class AutoEncoder(nn.Module):
             return z
         return q.mean
 
-    def restore(self, params: dict[str, torch.Tensor]) -> None:
-        """Load the weights a fit left in ``params`` (names ``encoder$$$...``, ``decoder$$$...``)."""
-        for part in ("encoder", "decoder"):
-            prefix = f"{part}$$$"
-            state = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-            expected = {name for name, _ in getattr(self, part).named_parameters()}
-            if set(state) != expected:
-                raise ZooError(f"the saved weights do not fit this model's {part}: missing "
-                               f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}; "
-                               "was it saved from a model of another config?")
-            getattr(self, part).load_state_dict(state, strict=False)  # buffers (flow masks) are rebuilt
-
-    def reset_parameters(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                module.reset_parameters()
-        if self.decoder.log_sigma is not None:
-            nn.init.zeros_(self.decoder.log_sigma)
-
     def _follow(self, x: torch.Tensor) -> None:
         if self.decoder.net[0].weight.device != x.device:
             self.to(x.device)
@@ -219,6 +201,7 @@ def validator(name: str, input_shape, likelihood: str) -> Callable:
 def build_autoencoder(name: str, data, *, input_shape, latent_dim: int, hidden, activation: str,
                       likelihood: str, sigma, prior: str, prior_scale: float, codes: tuple[str, ...],
                       num_flows: int = 0, flow_hidden: int = 100, corruption: Callable | None = None,
+                      decoder_hidden=None,
                       config: dict) -> ZooModel:
     """A checked :class:`AutoEncoder` wrapped as a :class:`ZooModel` with one guide per code family."""
     if data is not None:
@@ -241,9 +224,10 @@ def build_autoencoder(name: str, data, *, input_shape, latent_dim: int, hidden, 
         if not ok:
             raise ZooError(f"{name}: {message}")
     ae = AutoEncoder(input_shape, latent_dim, hidden, activation, likelihood, sigma, prior, prior_scale,
-                     num_flows, flow_hidden, corruption)
+                     num_flows, flow_hidden, corruption, decoder_hidden)
     guides = {code: (lambda zm, code=code: ae.guide_for(code)) for code in codes}
     return ZooModel(ae.model, guides=guides, config={**config, "input_shape": list(input_shape)},
                     validate=validator(name, input_shape, likelihood),
                     fit_defaults={"svi": dict(AE_SVI_DEFAULTS)}, refused=dict(REFUSED),
+                    modules={"encoder": ae.encoder, "decoder": ae.decoder},
                     autoencoder=ae)

@@ -10,14 +10,17 @@ LIKELIHOOD = "z ~ N(0, I); x ~ Bernoulli | ContinuousBernoulli | Normal (decoder
 
 
 def _vae(name, data, input_shape, latent_dim, hidden, activation, likelihood, sigma, num_flows, flow_hidden,
-         codes) -> ZooModel:
+         codes, decoder_hidden=None) -> ZooModel:
     config = dict(input_shape=list(input_shape), latent_dim=latent_dim, hidden=list(hidden), activation=activation,
                   likelihood=likelihood, sigma=sigma)
+    if decoder_hidden is not None:
+        config["decoder_hidden"] = list(decoder_hidden)
     if num_flows:
         config.update(num_flows=num_flows, flow_hidden=flow_hidden)
     return build_autoencoder(name, data, input_shape=input_shape, latent_dim=latent_dim, hidden=hidden,
                            activation=activation, likelihood=likelihood, sigma=sigma, prior="normal",
                            prior_scale=1.0, codes=codes, num_flows=num_flows, flow_hidden=flow_hidden,
+                           decoder_hidden=decoder_hidden,
                            config=config)
 
 
@@ -27,9 +30,14 @@ def _vae(name, data, input_shape, latent_dim, hidden, activation, likelihood, si
                 notes="guide: amortised Gaussian encoder q(z|x) = N(mu(x), diag sigma(x)^2), reparameterised; "
                       "evaluate gives the ELBO and the importance-weighted estimate of log p(x).")
 def vae(*, data=None, input_shape=(784,), latent_dim: int = 50, hidden=(200, 200), activation: str = "tanh",
-        likelihood: str = "bernoulli", sigma: float | None = None) -> ZooModel:
-    """VAE with MLP encoder and decoder (default: Burda et al.'s 784-200-200-50 tanh)."""
-    return _vae("vae", data, input_shape, latent_dim, hidden, activation, likelihood, sigma, 0, 0, ("normal",))
+        likelihood: str = "bernoulli", sigma: float | None = None, decoder_hidden=None) -> ZooModel:
+    """VAE with MLP encoder and decoder (default: Burda et al.'s 784-200-200-50 tanh).
+
+    ``decoder_hidden`` sets the decoder's hidden widths (default: ``hidden`` reversed); ``[]`` with a
+    Gaussian likelihood is probabilistic PCA, x ~ N(W z + b, sigma^2 I).
+    """
+    return _vae("vae", data, input_shape, latent_dim, hidden, activation, likelihood, sigma, 0, 0, ("normal",),
+                decoder_hidden)
 
 
 @register_model("vae-iaf", task="generative", family="autoencoder", likelihood=LIKELIHOOD, default_guide="iaf",

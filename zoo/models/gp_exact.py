@@ -1,0 +1,98 @@
+"""gp-exact: exact GP regression with priors on the kernel hyperparameters, for NUTS over them (the
+fully Bayesian GP of GPyTorch's example), predicting through the GP conditional on the training data."""
+
+from __future__ import annotations
+
+import gpytorch
+import pyro
+import pyro.distributions as dist
+import torch
+
+from .._data import training_arrays
+from .._errors import ZooError
+from .._model import ZooModel
+from .._registry import register_model
+from .layers import strip_plate_slot
+
+JITTER = 1e-5
+
+
+class ExactGP:
+    """y ~ N(0, s^2 k(X / l, X / l) + noise^2 I) with log-normal priors on l (one per input), s and noise.
+
+    The kernel is GPyTorch's RBF or Matern-5/2 at unit lengthscale applied to inputs divided by the
+    sampled lengthscales, so a whole batch of hyperparameter draws runs as one vectorised pass.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, kernel: str):
+        self.x, self.y = x, y
+        base = gpytorch.kernels.RBFKernel() if kernel == "rbf" else gpytorch.kernels.MaternKernel(nu=2.5)
+        base.lengthscale = 1.0
+        self.kernel = base.requires_grad_(False)
+
+    def hyperparameters(self, device):
+        d = self.x.shape[1]
+        lengthscale = pyro.sample("lengthscale", dist.LogNormal(torch.zeros(d, device=device), 1.0).to_event(1))
+        outputscale = pyro.sample("outputscale", dist.LogNormal(torch.zeros((), device=device), 1.0))
+        noise = pyro.sample("noise", dist.LogNormal(torch.full((), -2.0, device=device), 1.0))
+        # drop the slot a vectorising plate leaves, so every draw broadcasts over points
+        lengthscale = strip_plate_slot(lengthscale, 1).unsqueeze(-2)           # (..., 1, D)
+        draws = lengthscale.shape[:-2]
+        return lengthscale, outputscale.reshape(*draws, 1, 1), noise.reshape(*draws, 1)
+
+    def covariance(self, a, b, lengthscale, outputscale):
+        return outputscale * self.kernel.forward(a / lengthscale, b / lengthscale)
+
+    def model(self, x, y=None):
+        """The marginal likelihood of the training targets: one joint Gaussian over all points."""
+        lengthscale, outputscale, noise = self.hyperparameters(x.device)
+        k = self.covariance(x, x, lengthscale, outputscale)
+        k = k + (noise.unsqueeze(-1) ** 2 + JITTER) * torch.eye(x.shape[0], device=x.device)
+        return pyro.sample("y", dist.MultivariateNormal(torch.zeros(x.shape[0], device=x.device), k), obs=y)
+
+    def predictive(self, x, y=None):
+        """New points given the training data: y* ~ N(mean*, var* + noise^2) independently per point."""
+        lengthscale, outputscale, noise = self.hyperparameters(x.device)
+        train = self.x.to(x.device)
+        k = self.covariance(train, train, lengthscale, outputscale)
+        chol = torch.linalg.cholesky(k + (noise.unsqueeze(-1) ** 2 + JITTER) * torch.eye(len(train), device=x.device))
+        k_star = self.covariance(train, x, lengthscale, outputscale)                         # (..., n, m)
+        a = torch.linalg.solve_triangular(chol, k_star, upper=False)
+        alpha = torch.linalg.solve_triangular(chol, self.y.to(x.device).unsqueeze(-1), upper=False)
+        mean = (a * alpha).sum(-2)
+        var = (outputscale[..., 0] - a.pow(2).sum(-2)).clamp_min(1e-10)
+        with pyro.plate("data", x.shape[0]) as idx:
+            return pyro.sample("y", dist.Normal(mean[..., idx], (var + noise**2).sqrt()[..., idx]),
+                               obs=None if y is None else y[idx])
+
+
+@register_model("gp-exact", task="regression", family="gaussian-process",
+                likelihood="y ~ N(0, s^2 k(x / l) + noise^2 I); l_d, s, noise ~ LogNormal",
+                default_guide="mean-field", guides=("mean-field", "delta"),
+                paper="Rasmussen & Williams 2006, ch. 2 and 5; GPyTorch, Fully Bayesian GPs with NUTS (example)",
+                notes="for small data (the covariance is n x n per draw): nuts over the hyperparameters is the "
+                      "intended backend; laplace and svi give their Gaussian / variational approximations.")
+def gp_exact(*, data=None, kernel: str = "rbf") -> ZooModel:
+    """Exact GP regression with ARD lengthscales; predictions condition on the training split in ``data``."""
+    if data is None:
+        raise ZooError("gp-exact: pass data= (the training split): predictions condition on it")
+    if kernel not in ("rbf", "matern52"):
+        raise ZooError(f"gp-exact: kernel must be 'rbf' or 'matern52', got {kernel!r}")
+    x, y = training_arrays(data)
+    x, y = x.float(), y.float()
+    if x.dim() != 2 or y is None or y.shape != (x.shape[0],):
+        raise ZooError(f"gp-exact: data must be (x (points, features), y (points,)), got x {tuple(x.shape)}")
+    if x.shape[0] > 2000:
+        raise ZooError(f"gp-exact: {x.shape[0]} training points make an n x n covariance per draw; "
+                       "use svgp or dgp for more than 2,000")
+    gp = ExactGP(x, y, kernel)
+
+    def validate(args):
+        x_arg = args[0] if args else None
+        if not isinstance(x_arg, torch.Tensor) or x_arg.dim() != 2 or x_arg.shape[1] != x.shape[1]:
+            shape = tuple(x_arg.shape) if isinstance(x_arg, torch.Tensor) else None
+            raise ZooError(f"gp-exact: x must be (points, {x.shape[1]}) as the model was built for; got {shape}")
+
+    return ZooModel(gp.model, predictive=gp.predictive, config={"kernel": kernel}, validate=validate,
+                    summary_sites=["lengthscale", "outputscale", "noise"], num_samples=200,
+                    dims={"lengthscale": ["input"]})
