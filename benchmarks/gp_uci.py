@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _runs
+from uci import mean_se, parse_splits
 
 import zoo
 
@@ -39,14 +39,6 @@ PUBLISHED_LL = {"boston": (-2.398, -2.408), "concrete": (-3.168, -3.175), "energ
                 "yacht": (-0.774, -0.458)}
 # name -> (model, config)
 METHODS = {"svgp": ("svgp", {}), "dgp2": ("dgp", {"num_layers": 2}), "dgp3": ("dgp", {"num_layers": 3})}
-
-
-def parse_splits(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi or lo) + 1))
-    return out
 
 
 def run(datasets, methods, splits, num_steps):
@@ -67,13 +59,6 @@ def run(datasets, methods, splits, num_steps):
                 _runs.append(RUNS, row)
                 print(f"{name:9s} split {split:2d} {method:5s} rmse {row['rmse']:.3f} ll {row['test_ll']:.3f} "
                       f"({seconds:.0f} s)", flush=True)
-
-
-def mean_se(values):
-    n = len(values)
-    mean = sum(values) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
-    return mean, se
 
 
 def summarise() -> str:
