@@ -94,7 +94,7 @@ def test_bad_input_gets_clear_errors():
         zoo.load("svgp")
 
 
-def test_gp_exact_with_nuts_recovers_a_known_lengthscale():
+def test_gp_exact_with_nuts_recovers_a_known_lengthscale(tmp_path):
     torch.manual_seed(0)
     x = torch.linspace(0, 6, 50).unsqueeze(-1)
     k = torch.exp(-0.5 * (x - x.T) ** 2 / 0.7**2) + 1e-5 * torch.eye(50)
@@ -112,3 +112,5 @@ def test_gp_exact_with_nuts_recovers_a_known_lengthscale():
     idata = post.to_arviz((x_test, mean))
     assert idata.posterior["lengthscale"].dims == ("chain", "draw", "input")
     assert idata.log_likelihood["y"].shape == (1, 200, 7)
+    again = zoo.load_posterior(post.save(tmp_path / "gp"))  # rebuilt on the training data it saved
+    assert torch.equal(again.predict(x_test).mean, pred.mean)

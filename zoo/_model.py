@@ -68,6 +68,9 @@ class ZooModel:
     predictive : callable, optional
         The model as run at new inputs, when it differs from the one fitted: an exact GP fits the joint
         likelihood of its training targets and predicts through the conditional on them. Default: ``model``.
+    built_from : tuple of tensors, optional
+        The arrays the model was built from when it needs them again to be rebuilt (``gp-exact``
+        conditions on its training data); ``save`` stores them and ``load_posterior`` passes them as data=.
     dims : dict, optional
         Names for the dims of latent sites in ArviZ, e.g. ``{"lengthscale": ["input"]}``.
     local_latents : bool
@@ -97,6 +100,7 @@ class ZooModel:
         predict_batch: int | None = None,
         predictive: Callable | None = None,
         dims: dict[str, list[str]] | None = None,
+        built_from: tuple | None = None,
         modules: dict | None = None,
         local_latents: bool = False,
         autoencoder=None,
@@ -121,6 +125,7 @@ class ZooModel:
         self.autoencoder = autoencoder
         self.predictive = predictive or model
         self.dims = dict(dims or {})
+        self.built_from = built_from
         self.modules = dict(modules or {})
         self._initial = {name: copy.deepcopy(m.state_dict()) for name, m in self.modules.items()}
         self.name: str | None = None

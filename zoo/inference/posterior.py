@@ -200,6 +200,8 @@ class Posterior:
         torch.save({"samples": _cpu(self.samples), "sample_stats": _cpu(self.sample_stats)},
                    path / "samples.pt")
         torch.save(_cpu(self.params), path / "params.pt")
+        if self.model.built_from is not None:  # a model that conditions on its training data needs it back
+            torch.save([a.detach().cpu() for a in self.model.built_from], path / "built_from.pt")
         self.to_arviz().to_netcdf(str(path / "posterior.nc"))
         return path
 
@@ -226,7 +228,9 @@ class Posterior:
         except Exception as err:
             raise ZooError(f"load_posterior: cannot read the tensors in {path} ({err}); "
                            "the save is corrupt or incomplete") from None
-        model = _registry.load(meta["model"], **meta["config"])
+        built_from = path / "built_from.pt"
+        data = {"data": tuple(torch.load(built_from, weights_only=True))} if built_from.is_file() else {}
+        model = _registry.load(meta["model"], **meta["config"], **data)
         if cls is Posterior:
             cls = posterior_class(model)
         sites = Sites({k: (tuple(s), e) for k, (s, e) in meta["sites"]["latent"].items()},

@@ -95,4 +95,4 @@ def gp_exact(*, data=None, kernel: str = "rbf") -> ZooModel:
 
     return ZooModel(gp.model, predictive=gp.predictive, config={"kernel": kernel}, validate=validate,
                     summary_sites=["lengthscale", "outputscale", "noise"], num_samples=200,
-                    dims={"lengthscale": ["input"]})
+                    dims={"lengthscale": ["input"]}, built_from=(x, y))
