@@ -114,3 +114,14 @@ def test_gp_exact_with_nuts_recovers_a_known_lengthscale(tmp_path):
     assert idata.log_likelihood["y"].shape == (1, 200, 7)
     again = zoo.load_posterior(post.save(tmp_path / "gp"))  # rebuilt on the training data it saved
     assert torch.equal(again.predict(x_test).mean, pred.mean)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "softmax"])
+def test_svgp_classifies_xor(likelihood):
+    torch.manual_seed(0)
+    x = torch.randn(200, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()  # no linear boundary separates the classes
+    zm = zoo.load("svgp", data=(x, y), likelihood=likelihood, num_inducing=20, num_classes=2)
+    post = zoo.fit(zm, (x, y), num_steps=600, seed=0, num_samples=50, progress=False)
+    scores = post.evaluate((x, y))
+    assert scores["accuracy"] > 0.9 and scores["nll"] < 0.45
