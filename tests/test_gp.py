@@ -77,6 +77,10 @@ def test_dgp_shapes_through_three_layers():
     assert post.predict(x[:3]).samples.shape == (6, 3)
     idata = post.to_arviz((x, y))
     assert idata.log_likelihood["y"].shape == (1, 6, 40)
+    assert idata.posterior["lengthscale0"].dims == ("chain", "draw", "output0", "input")
+    assert idata.posterior["lengthscale2"].shape == (1, 6, 1, 4) and idata.posterior["noise"].shape == (1, 6)
+    kernel = zm.modules["gp"].layers[1].kernel
+    assert float(idata.posterior["outputscale1"][0, 3, 2]) == pytest.approx(float(kernel.outputscale[2].detach()))
 
 
 def test_bad_input_gets_clear_errors():

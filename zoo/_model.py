@@ -68,6 +68,9 @@ class ZooModel:
     predictive : callable, optional
         The model as run at new inputs, when it differs from the one fitted: an exact GP fits the joint
         likelihood of its training targets and predicts through the conditional on them. Default: ``model``.
+    point_estimates : callable, optional
+        ``point_estimates() -> {name: tensor}``: fitted point estimates worth showing beside the draws
+        (a GP's kernel hyperparameters); ``to_arviz`` adds them to the posterior group, constant over draws.
     built_from : tuple of tensors, optional
         The arrays the model was built from when it needs them again to be rebuilt (``gp-exact``
         conditions on its training data); ``save`` stores them and ``load_posterior`` passes them as data=.
@@ -101,6 +104,7 @@ class ZooModel:
         predictive: Callable | None = None,
         dims: dict[str, list[str]] | None = None,
         built_from: tuple | None = None,
+        point_estimates: Callable | None = None,
         modules: dict | None = None,
         local_latents: bool = False,
         autoencoder=None,
@@ -126,6 +130,7 @@ class ZooModel:
         self.predictive = predictive or model
         self.dims = dict(dims or {})
         self.built_from = built_from
+        self.point_estimates = point_estimates
         self.modules = dict(modules or {})
         self._initial = {name: copy.deepcopy(m.state_dict()) for name, m in self.modules.items()}
         self.name: str | None = None

@@ -25,6 +25,10 @@ def to_inference_data(post, data=None, var_names=None) -> az.InferenceData:
     if unknown:
         raise ZooError(f"to_arviz: no latent sites {unknown}; the posterior has {sorted(post.samples)}")
     posterior = {k: post.samples[k].cpu().numpy() for k in var_names}
+    if post.model.point_estimates is not None:  # constant over draws: fitted, not sampled
+        post.model.load_params(post.params)
+        for k, v in post.model.point_estimates().items():
+            posterior[k] = np.broadcast_to(v.cpu().numpy(), (chains, draws, *v.shape)).copy()
     dims = {k: post.model.dims.get(k, [f"{k}_dim_{i}" for i in range(v.ndim - 2)]) for k, v in posterior.items()}
     groups = {"posterior": posterior}
     stats = {k: v.cpu().numpy() for k, v in post.sample_stats.items()}

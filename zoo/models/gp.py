@@ -131,6 +131,26 @@ class DeepGP(nn.Module):
     def noise(self) -> torch.Tensor:
         return F.softplus(self.raw_noise) + 1e-6
 
+    def hyperparameters(self) -> dict[str, torch.Tensor]:
+        """The point-estimated kernel hyperparameters (per layer: lengthscale (outputs, inputs), outputscale)
+        and the noise, for ArviZ."""
+        out = {}
+        for i, layer in enumerate(self.layers):
+            out[f"lengthscale{i}"] = layer.kernel.base_kernel.lengthscale[:, 0, :].detach()
+            out[f"outputscale{i}"] = layer.kernel.outputscale.detach()
+        if self.raw_noise is not None:
+            out["noise"] = self.noise.detach()
+        return out
+
+    def dims(self) -> dict[str, list[str]]:
+        """ArviZ dims: layer i maps the outputs of layer i - 1 (the data's inputs for i = 0) to its own."""
+        names = {}
+        for i in range(len(self.layers)):
+            inputs = "input" if i == 0 else f"output{i - 1}"
+            names[f"lengthscale{i}"] = [f"output{i}", inputs]
+            names[f"outputscale{i}"] = [f"output{i}"]
+        return names
+
     def propagate(self, h: torch.Tensor, inducing: list[torch.Tensor]) -> torch.Tensor:
         """Inputs ``h`` through the layers, one sample per point and layer (sites ``f0``, ``f1``, ...)."""
         for i, (layer, v) in enumerate(zip(self.layers, inducing, strict=True)):
@@ -189,6 +209,7 @@ def _build(name: str, x, widths, num_inducing, kernel: str, likelihood: str, con
 
     return ZooModel(gp.model, guides={"inducing": lambda zm: gp.guide}, config=config, validate=validate,
                     modules={"gp": gp}, local_latents=True, num_samples=100, predict_batch=256,
+                    point_estimates=gp.hyperparameters, dims=gp.dims(),
                     fit_defaults={"svi": {"lr": 1e-2, "batch_size": 10000, "num_steps": 2000}})
 
 
