@@ -30,3 +30,15 @@ def test_autoencoder_on_cuda(name):
     assert post.encode(data.test.x[:5]).is_cuda and post.generate(3).is_cuda
     scores = post.evaluate(data.test.x.cuda(), iwae_samples=50)
     assert torch.isfinite(torch.tensor(scores["log_likelihood"]))
+
+
+@pytest.mark.parametrize("name, backend, options", [("svgp", "svi", dict(num_steps=50)),
+                                                    ("dgp", "svi", dict(num_steps=50)),
+                                                    ("gp-exact", "nuts", dict(num_warmup=20, num_chains=1))])
+def test_gps_on_cuda(name, backend, options):
+    data = zoo.datasets.load("yacht", split=0)
+    config = {} if name == "gp-exact" else {"num_inducing": 20}
+    post = zoo.fit(zoo.load(name, data=data, **config), data.train, backend, device="cuda", num_samples=20,
+                   seed=0, **options)
+    assert next(iter(post.samples.values())).is_cuda
+    assert torch.isfinite(torch.tensor(post.evaluate(data.test)["test_ll"]))

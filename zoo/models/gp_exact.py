@@ -41,6 +41,7 @@ class ExactGP:
         return lengthscale, outputscale.reshape(*draws, 1, 1), noise.reshape(*draws, 1)
 
     def covariance(self, a, b, lengthscale, outputscale):
+        self.kernel.to(a.device)
         return outputscale * self.kernel.forward(a / lengthscale, b / lengthscale)
 
     def model(self, x, y=None):
