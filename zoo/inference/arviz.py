@@ -70,7 +70,7 @@ def generative_inference_data(post, data, num_samples: int, iwae_samples: int) -
         groups["posterior_predictive"] = {"x": replicated.unsqueeze(0).cpu().numpy()}
         groups["observed_data"] = {"x": flat.cpu().numpy()}
         if post.code_family != "delta":
-            log_px = post.log_likelihood(flat, iwae_samples).reshape(1, 1, -1).cpu().numpy()
+            log_px = post._bounds(flat, iwae_samples)[0].reshape(1, 1, -1).cpu().numpy()
         dims = {"z": ["obs", "latent"], "x": ["obs", "pixel"]}
         coords = {"obs": np.arange(flat.shape[0])}
     idata = az.from_dict(**groups, coords=coords, dims=dims,

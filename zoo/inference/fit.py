@@ -72,6 +72,8 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
         pyro.set_rng_seed(seed)
     pyro.clear_param_store()
     zm.reset_modules()  # every fit trains its networks from the same start
+    for module in zm.modules.values():  # the networks follow the data's device
+        module.to(args[0].device)
     progress = sys.stderr.isatty() if progress is None else progress
     sites = Sites.of(zm.model, args, allow_local=zm.local_latents)
     start = time.perf_counter()

@@ -42,7 +42,7 @@ class GenerativePosterior(Posterior):
     def __init__(self, model, samples, **kwargs):
         super().__init__(model, samples, **kwargs)
         self.net = copy.deepcopy(model.autoencoder)
-        model.load_params(self.params, {"encoder": self.net.encoder, "decoder": self.net.decoder})
+        model.load_params(self.params, {name: getattr(self.net, name) for name in model.modules})
         self.code_family = self.options.get("guide") or (model.card.default_guide if model.card else None)
         if self.code_family not in model.guides:
             raise ZooError(f"{model.name}: a posterior needs one of the model's own guides {sorted(model.guides)}, "
@@ -108,11 +108,11 @@ class GenerativePosterior(Posterior):
             model_trace = poutine.trace(poutine.replay(self.net.model, trace=guide_trace)).get_trace(flat)
         return (_log_density(model_trace) - log_q).expand(k, flat.shape[0])
 
-    def _bounds(self, data, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per point: the IWAE estimate of log p(x) with ``k`` samples and the ELBO from the same samples."""
+    def _bounds(self, flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per point of the checked ``flat`` points: the IWAE estimate of log p(x) with ``k`` samples and the
+        ELBO from the same samples."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ZooError(f"iwae_samples must be a positive integer, got {k!r}")
-        flat = self._points(data)
         chunk = min(k, ROWS)
         points = max(1, ROWS // chunk)
         iwae, elbo = [], []
@@ -134,7 +134,7 @@ class GenerativePosterior(Posterior):
         if self.code_family == "delta":
             raise ZooError("log_likelihood: the delta guide gives point codes with no density, so there is no "
                            "importance-weighted log p(x); fit with guide='laplace' or 'normal'")
-        return self._bounds(data, iwae_samples)[0]
+        return self._bounds(self._points(data), iwae_samples)[0]
 
     def evaluate(self, data, iwae_samples: int = 1000) -> dict[str, float]:
         """Per-point averages over ``data``: ``elbo``, ``log_likelihood`` (IWAE, k = ``iwae_samples``;
@@ -144,8 +144,8 @@ class GenerativePosterior(Posterior):
         log p(x, h*) and ``log_likelihood`` is left out.
         """
         delta = self.code_family == "delta"
-        iwae, elbo = self._bounds(data, 1 if delta else iwae_samples)
         flat = self._points(data)
+        iwae, elbo = self._bounds(flat, 1 if delta else iwae_samples)
         mse = float((self.reconstruct(flat).reshape(flat.shape) - flat).pow(2).mean())
         out = {"elbo": float(elbo.mean())}
         if not delta:

@@ -57,7 +57,7 @@ class Encoder(nn.Module):
             ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(
                 latent_dim, hidden[-1], [flow_hidden, flow_hidden], permutation=torch.arange(latent_dim)), stable=True)
             for _ in range(num_flows))
-        self.reverse = torch.arange(latent_dim - 1, -1, -1)
+        self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1))
 
     def q(self, x: torch.Tensor, code: str) -> dist.Distribution:
         """q(z | x) for points ``x`` (n, features), batch shape (n,), event (latent_dim,)."""
@@ -75,7 +75,7 @@ class Encoder(nn.Module):
             raise ZooError("guide 'iaf' needs flows: build the model with num_flows >= 1 (vae-iaf does)")
         steps = []
         for i, flow in enumerate(self.flows):
-            steps += [flow.condition(h)] + ([Permute(self.reverse.to(x.device))] if i < len(self.flows) - 1 else [])
+            steps += [flow.condition(h)] + ([Permute(self.reverse)] if i < len(self.flows) - 1 else [])
         return dist.TransformedDistribution(base, steps)
 
 
@@ -127,7 +127,6 @@ class AutoEncoder(nn.Module):
         return x.reshape(x.shape[0], -1)
 
     def model(self, x: torch.Tensor) -> torch.Tensor:
-        self._follow(x)
         pyro.module("decoder", self.decoder)
         flat = self.flat(x)
         with pyro.plate("data", x.shape[0]) as idx:
@@ -138,7 +137,6 @@ class AutoEncoder(nn.Module):
         """The amortised guide with codes of family ``code`` (normal, laplace, delta or iaf)."""
 
         def guide(x: torch.Tensor) -> torch.Tensor:
-            self._follow(x)
             pyro.module("encoder", self.encoder)
             flat = self.flat(x)
             with pyro.plate("data", x.shape[0]) as idx:
@@ -160,11 +158,6 @@ class AutoEncoder(nn.Module):
                 z = t(z)
             return z
         return q.mean
-
-    def _follow(self, x: torch.Tensor) -> None:
-        if self.decoder.net[0].weight.device != x.device:
-            self.to(x.device)
-            self.encoder.reverse = self.encoder.reverse.to(x.device)
 
 
 def check_inputs(name: str, args: tuple, input_shape) -> torch.Tensor:

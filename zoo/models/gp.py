@@ -164,19 +164,13 @@ class DeepGP(nn.Module):
             f = torch.cat([torch.zeros_like(f), f], -1)
         return pyro.sample("y", dist.Categorical(logits=f), obs=y)
 
-    def _follow(self, x: torch.Tensor) -> None:
-        if self.layers[0].q_loc.device != x.device:
-            self.to(x.device)
-
     def model(self, x, y=None):
-        self._follow(x)
         pyro.module("gp", self)
         inducing = [pyro.sample(f"u{i}", layer.prior()) for i, layer in enumerate(self.layers)]
         with pyro.plate("data", x.shape[0]) as idx:
             return self.observe(self.propagate(x[idx], inducing), None if y is None else y[idx])
 
     def guide(self, x, y=None):
-        self._follow(x)
         pyro.module("gp", self)
         inducing = [pyro.sample(f"u{i}", layer.posterior()) for i, layer in enumerate(self.layers)]
         with pyro.plate("data", x.shape[0]) as idx:
