@@ -7,10 +7,13 @@ each point's layer output is the GP conditional, taken per point as in Salimbeni
     f_l(x) | v_l ~ N(m_l(x) + A^T v_l,  k(x, x) - A^T A),   A = L_l^{-1} k(Z_l, x),
 
 with m_l a fixed linear mean for inner layers (the PCA projection of the inputs) and zero for the last.
-The model samples v_l from the prior, the guide from q(v_l) = N(mu_l, S_l) (full covariance per output),
-and both draw the f_l from the same conditional, so the ELBO is Salimbeni's doubly-stochastic bound:
-E_q[log p(y | f_L)] - sum_l KL(q(v_l) || p(v_l)). Kernel hyperparameters, inducing inputs and the
-noise are point estimates (type-II maximum likelihood), as in both papers.
+The model samples v_l from the prior N(0, I) and f_l from that conditional. The guide samples v_l from
+q(v_l) = N(mu_l, S_l) (full covariance per output) and f_l from the marginal
+q(f_l(x)) = N(m_l(x) + A^T mu_l, k(x, x) - A^T A + A^T S_l A), v_l integrated out per point. As in GPyTorch's
+pyro_model/pyro_guide, the f_l sites are masked: they carry the samples from layer to layer and to the
+likelihood but add no log-density, so with TraceMeanField_ELBO (analytic KL) the loss is Salimbeni's
+doubly-stochastic bound E_q[log p(y | f_L)] - sum_l KL(q(v_l) || p(v_l)). Kernel hyperparameters, inducing
+inputs and the noise are point estimates (type-II maximum likelihood), as in both papers.
 """
 
 from __future__ import annotations
@@ -58,25 +61,40 @@ class GPLayer(nn.Module):
         self.q_diag = nn.Parameter(torch.full((out_dim, m), float(torch.log(torch.expm1(torch.tensor(q_scale))))))
 
     def prior(self) -> dist.Distribution:
-        return dist.Normal(torch.zeros_like(self.q_loc), 1.0).to_event(2)
+        eye = torch.eye(self.q_loc.shape[-1], device=self.q_loc.device)
+        return dist.MultivariateNormal(torch.zeros_like(self.q_loc), scale_tril=eye).to_event(1)
 
-    def posterior(self) -> dist.Distribution:
+    def posterior_scale_tril(self) -> torch.Tensor:
         # rows scaled by the diagonal: an optimiser step on the off-diagonals cannot swamp a tiny diagonal
         # (float32 inverse of the Cholesky factor stays accurate for the 1e-5 variances of inner layers)
         eye = torch.eye(self.q_loc.shape[-1], device=self.q_loc.device)
-        tril = F.softplus(self.q_diag).unsqueeze(-1) * (eye + self.q_offdiag.tril(-1))
-        return dist.MultivariateNormal(self.q_loc, scale_tril=tril).to_event(1)
+        return F.softplus(self.q_diag).unsqueeze(-1) * (eye + self.q_offdiag.tril(-1))
+
+    def posterior(self) -> dist.Distribution:
+        return dist.MultivariateNormal(self.q_loc, scale_tril=self.posterior_scale_tril()).to_event(1)
 
     def conditional(self, h: torch.Tensor, v: torch.Tensor) -> dist.Distribution:
         """p(f(h) | v) per point: batch (..., n), event (out_dim,), for inputs h (..., n, in_dim)."""
+        a, k_diag = self._project(h)
+        return self._per_point(h, (a * v.unsqueeze(-1)).sum(-2), k_diag - a.pow(2).sum(-2))
+
+    def marginal(self, h: torch.Tensor) -> dist.Distribution:
+        """q(f(h)) = int p(f(h) | v) q(v) dv per point (Salimbeni & Deisenroth's eq. 7), shaped as conditional."""
+        a, k_diag = self._project(h)
+        mean = (a * self.q_loc.unsqueeze(-1)).sum(-2)
+        spread = self.posterior_scale_tril().transpose(-1, -2) @ a                # (..., Q, M, n)
+        return self._per_point(h, mean, k_diag - a.pow(2).sum(-2) + spread.pow(2).sum(-2))
+
+    def _project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A = L^-1 k(Z, h) (..., Q, M, n) and k(h, h)'s diagonal (..., Q, n), with K_zz = L L^T."""
         # the kernels' dense forward: GPyTorch's lazy __call__ costs about five times as much here
         kzz = self.kernel.forward(self.z, self.z)
         chol = torch.linalg.cholesky(kzz + JITTER * torch.eye(kzz.shape[-1], device=kzz.device))
         h = h.unsqueeze(-3)                                                  # (..., 1, n, D) against Q kernels
-        a = torch.linalg.solve_triangular(chol, self.kernel.forward(self.z, h), upper=False)  # (..., Q, M, n)
-        mean = (a * v.unsqueeze(-1)).sum(-2)                                 # (..., Q, n)
-        var = self.kernel.forward(h, h, diag=True) - a.pow(2).sum(-2)
-        h = h.squeeze(-3)
+        a = torch.linalg.solve_triangular(chol, self.kernel.forward(self.z, h), upper=False)
+        return a, self.kernel.forward(h, h, diag=True)
+
+    def _per_point(self, h: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> dist.Distribution:
         mean, var = mean.transpose(-1, -2), var.clamp_min(1e-10).transpose(-1, -2)
         if self.mean_weight is not None:
             mean = mean + h @ self.mean_weight
@@ -151,10 +169,12 @@ class DeepGP(nn.Module):
             names[f"outputscale{i}"] = [f"output{i}"]
         return names
 
-    def propagate(self, h: torch.Tensor, inducing: list[torch.Tensor]) -> torch.Tensor:
-        """Inputs ``h`` through the layers, one sample per point and layer (sites ``f0``, ``f1``, ...)."""
-        for i, (layer, v) in enumerate(zip(self.layers, inducing, strict=True)):
-            h = pyro.sample(f"f{i}", layer.conditional(h, strip_plate_slot(v, 2)))
+    def propagate(self, h: torch.Tensor, draw) -> torch.Tensor:
+        """Inputs ``h`` through the layers, one sample per point and layer (sites ``f0``, ``f1``, ...), each
+        from ``draw(i, layer, h)``. The sites are masked, as in GPyTorch's pyro_model/pyro_guide: the guide
+        draws from the marginal q(f_l), so they add nothing to the ELBO but carry the samples to the likelihood."""
+        for i, layer in enumerate(self.layers):
+            h = pyro.sample(f"f{i}", draw(i, layer, h).mask(False))
         return h
 
     def observe(self, f: torch.Tensor, y) -> torch.Tensor:
@@ -166,15 +186,17 @@ class DeepGP(nn.Module):
 
     def model(self, x, y=None):
         pyro.module("gp", self)
-        inducing = [pyro.sample(f"u{i}", layer.prior()) for i, layer in enumerate(self.layers)]
+        inducing = [strip_plate_slot(pyro.sample(f"u{i}", layer.prior()), 2) for i, layer in enumerate(self.layers)]
         with pyro.plate("data", x.shape[0]) as idx:
-            return self.observe(self.propagate(x[idx], inducing), None if y is None else y[idx])
+            f = self.propagate(x[idx], lambda i, layer, h: layer.conditional(h, inducing[i]))
+            return self.observe(f, None if y is None else y[idx])
 
     def guide(self, x, y=None):
         pyro.module("gp", self)
-        inducing = [pyro.sample(f"u{i}", layer.posterior()) for i, layer in enumerate(self.layers)]
+        for i, layer in enumerate(self.layers):
+            pyro.sample(f"u{i}", layer.posterior())
         with pyro.plate("data", x.shape[0]) as idx:
-            self.propagate(x[idx], inducing)
+            self.propagate(x[idx], lambda i, layer, h: layer.marginal(h))
 
 
 def _inputs(name: str, data) -> torch.Tensor:
@@ -210,7 +232,7 @@ def _build(name: str, x, widths, num_inducing, kernel: str, likelihood: str, con
     return ZooModel(gp.model, guides={"inducing": lambda zm: gp.guide}, config=config, validate=validate,
                     modules={"gp": gp}, local_latents=True, num_samples=100, predict_batch=256,
                     point_estimates=gp.hyperparameters, dims=gp.dims(),
-                    fit_defaults={"svi": {"lr": 1e-2, "batch_size": 10000, "num_steps": 2000}})
+                    fit_defaults={"svi": {"lr": 0.05, "batch_size": 10000, "num_steps": 2000, "elbo": "meanfield"}})
 
 
 @register_model("svgp", task="regression", family="gaussian-process",
