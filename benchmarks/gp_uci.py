@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -42,7 +43,8 @@ PUBLISHED_LL = {"boston": (-2.398, -2.408), "concrete": (-3.168, -3.175), "energ
 # name -> (model, config, backend, backend options)
 METHODS = {"svgp": ("svgp", {}, "svi", {}), "dgp2": ("dgp", {"num_layers": 2}, "svi", {}),
            "dgp3": ("dgp", {"num_layers": 3}, "svi", {}),
-           "gp-exact": ("gp-exact", {}, "nuts", {"num_warmup": 100, "num_chains": 1, "max_tree_depth": 6})}
+           "gp-exact": ("gp-exact", {}, "nuts", {"num_warmup": 100, "num_samples": 100, "num_chains": 1,
+                                                        "max_tree_depth": 6})}
 
 
 def run(datasets, methods, splits, num_steps, batch_size):
@@ -57,8 +59,7 @@ def run(datasets, methods, splits, num_steps, batch_size):
                 if backend == "svi":
                     options = {"num_steps": num_steps, "batch_size": batch_size}
                 start = time.perf_counter()
-                post = zoo.fit(model, data.train, backend, seed=split, progress=False,
-                               num_samples=None if backend == "svi" else 100, **options)
+                post = zoo.fit(model, data.train, backend, seed=split, progress=False, **options)
                 seconds = time.perf_counter() - start
                 row = {"dataset": name, "method": method, "split": split, **options,
                        **post.evaluate(data.test), "seconds": round(seconds, 1),
@@ -68,14 +69,27 @@ def run(datasets, methods, splits, num_steps, batch_size):
                       f"({seconds:.0f} s)", flush=True)
 
 
+def _pm(mean_and_se) -> str:
+    mean, se = mean_and_se
+    return f"{mean:.2f}" if math.isnan(se) else f"{mean:.2f} ± {se:.2f}"
+
+
+def _budget(row: dict) -> str:
+    if "batch_size" in row:
+        return f"{row['num_steps']} steps, batch {row['batch_size']}"
+    if "num_warmup" in row:
+        return f"NUTS {row['num_warmup']} + {row['num_samples']}"
+    return ""
+
+
 def summarise() -> str:
     groups = defaultdict(dict)
     for r in _runs.read(RUNS) if RUNS.exists() else []:
         groups[(r["dataset"], r["method"])][r["split"]] = r
     for r in _runs.read(BNN_RUNS) if BNN_RUNS.exists() else []:
         groups[(r["dataset"], f"bnn {r['method']}")][r["split"]] = r
-    lines = ["| dataset | method | splits | RMSE | test LL | published LL (Salimbeni) | s / split |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | method | splits | RMSE | test LL | published LL (Salimbeni) | budget | s / split |",
+             "|---|---|---|---|---|---|---|---|"]
     summary = {}
     for dataset, (svgp_ll, dgp_ll) in PUBLISHED_LL.items():
         for (name, method), runs in sorted(groups.items()):
@@ -86,16 +100,41 @@ def summarise() -> str:
             secs = sum(r["seconds"] for r in rows) / len(rows)
             ref = {"svgp": svgp_ll, "dgp2": dgp_ll}.get(method)
             summary[f"{dataset}/{method}"] = {"splits": len(rows), "rmse": rmse, "test_ll": ll, "seconds": secs}
-            lines.append(f"| {dataset} | {method} | {len(rows)} | {rmse[0]:.2f} ± {rmse[1]:.2f} | "
-                         f"{ll[0]:.2f} ± {ll[1]:.2f} | {'' if ref is None else ref} | {secs:.0f} |")
+            lines.append(f"| {dataset} | {method} | {len(rows)} | {_pm(rmse)} | {_pm(ll)} | "
+                         f"{'' if ref is None else ref} | {_budget(rows[0])} | {secs:.0f} |")
     (RESULTS / "gp-uci.json").write_text(json.dumps({"ours": summary, "published_ll": PUBLISHED_LL}, indent=1))
-    table = "\n".join(lines)
+    table, compact = "\n".join(lines), side_by_side(summary)
     (RESULTS / "gp-uci.md").write_text(
         "# UCI regression with sparse and deep GPs\n\nMean ± standard error over the splits run (Gal/PBP "
         "standard splits); RMSE and per-point test log-likelihood in original units. Published: Salimbeni & "
         "Deisenroth 2017 via bayesian_benchmarks, on their own 10 splits. bnn rows: the zoo's own runs of "
-        "benchmarks/uci.py. s / split is wall time on a 2-core CPU shared with other jobs.\n\n" + table + "\n")
-    return table
+        "benchmarks/uci.py. s / split is wall time on a 2-core CPU shared with other jobs.\n\n"
+        "Test log-likelihood side by side (splits run in brackets):\n\n" + compact + "\n\nAll runs:\n\n"
+        + table + "\n")
+    return compact
+
+
+def side_by_side(summary: dict) -> str:
+    """Per dataset: the test LL of svgp, dgp2, dgp3, published SVGP / DGP2, gp-exact, best bnn; s / split of the 3."""
+    lines = ["| dataset | svgp | dgp2 | dgp3 | published SVGP / DGP2 | gp-exact | best bnn | s / split |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def cell(key):
+        row = summary.get(key)
+        return "" if row is None else f"{_pm(row['test_ll'])} ({row['splits']})"
+
+    for dataset, (svgp_ll, dgp_ll) in PUBLISHED_LL.items():
+        methods = ["svgp", "dgp2", "dgp3"]
+        if not any(f"{dataset}/{m}" in summary for m in methods):
+            continue
+        bnn = [k for k in summary if k.startswith(f"{dataset}/bnn ")]
+        best = max(bnn, key=lambda k: summary[k]["test_ll"][0], default=None)
+        best_cell = "" if best is None else f"{cell(best)} {best.split('/bnn ')[1]}"
+        secs = ", ".join(f"{summary[f'{dataset}/{m}']['seconds']:.0f}" if f"{dataset}/{m}" in summary else "-"
+                         for m in methods)
+        lines.append(f"| {dataset} | {' | '.join(cell(f'{dataset}/{m}') for m in methods)} | {svgp_ll} / {dgp_ll} | "
+                     f"{cell(f'{dataset}/gp-exact')} | {best_cell} | {secs} |")
+    return "\n".join(lines)
 
 
 def main():
