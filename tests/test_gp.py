@@ -72,7 +72,6 @@ def test_svgp_loss_is_the_analytic_bound(wave):
     assert -loss == pytest.approx(float(bound), rel=2e-3)
 
 
-@pytest.mark.slow
 def test_svi_brings_svgp_close_to_the_exact_gp(wave):
     x, y = wave
     zm = zoo.load("svgp", data=(x, y), num_inducing=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -99,10 +100,16 @@ class Sites:
 
 def draw_from_guide(guide: Callable, args: tuple, sites: Sites, num_samples: int,
                     max_plate_nesting: int) -> dict[str, torch.Tensor]:
-    """``num_samples`` draws of every latent site from ``guide``, one vectorised pass: (S, *shape)."""
+    """``num_samples`` draws of every latent site from ``guide``, one vectorised pass: (S, *shape).
+
+    With local latents the guide runs on one point: its global draws do not depend on the data, and
+    S draws of every local latent of every point can outgrow memory (a 3-layer deep GP on protein).
+    """
     if not sites.latent:  # per-point codes only: nothing global to draw
         return {}
-    with torch.no_grad(), pyro.plate("_draws", num_samples, dim=-max_plate_nesting - 1):
+    one_point = MinibatchIndices(torch.zeros(1, dtype=torch.long, device=args[0].device))
+    with (torch.no_grad(), pyro.plate("_draws", num_samples, dim=-max_plate_nesting - 1),
+          one_point if sites.local else contextlib.nullcontext()):
         trace = poutine.trace(guide).get_trace(*args)
     return {name: trace.nodes[name]["value"].detach().reshape(num_samples, *shape)
             for name, (shape, _) in sites.latent.items()}
