@@ -132,8 +132,9 @@ def side_by_side(summary: dict) -> str:
         best_cell = "" if best is None else f"{cell(best)} {best.split('/bnn ')[1]}"
         secs = ", ".join(f"{summary[f'{dataset}/{m}']['seconds']:.0f}" if f"{dataset}/{m}" in summary else "-"
                          for m in methods)
-        lines.append(f"| {dataset} | {' | '.join(cell(f'{dataset}/{m}') for m in methods)} | {svgp_ll} / {dgp_ll} | "
-                     f"{cell(f'{dataset}/gp-exact')} | {best_cell} | {secs} |")
+        ours = " | ".join(cell(f"{dataset}/{m}") for m in methods)
+        lines.append(f"| {dataset} | {ours} | {svgp_ll:.3f} / {dgp_ll:.3f} | {cell(f'{dataset}/gp-exact')} | "
+                     f"{best_cell} | {secs} |")
     return "\n".join(lines)
 
 
