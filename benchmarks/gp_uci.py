@@ -101,7 +101,7 @@ def summarise() -> str:
             ref = {"svgp": svgp_ll, "dgp2": dgp_ll}.get(method)
             summary[f"{dataset}/{method}"] = {"splits": len(rows), "rmse": rmse, "test_ll": ll, "seconds": secs}
             lines.append(f"| {dataset} | {method} | {len(rows)} | {_pm(rmse)} | {_pm(ll)} | "
-                         f"{'' if ref is None else ref} | {_budget(rows[0])} | {secs:.0f} |")
+                         f"{'' if ref is None else f'{ref:.3f}'} | {_budget(rows[0])} | {secs:.0f} |")
     (RESULTS / "gp-uci.json").write_text(json.dumps({"ours": summary, "published_ll": PUBLISHED_LL}, indent=1))
     table, compact = "\n".join(lines), side_by_side(summary)
     (RESULTS / "gp-uci.md").write_text(
