@@ -133,6 +133,7 @@ class ZooModel:
         self.point_estimates = point_estimates
         self.modules = dict(modules or {})
         self._initial = {name: copy.deepcopy(m.state_dict()) for name, m in self.modules.items()}
+        self._loaded = None  # the params last loaded into the modules: predicting in blocks loads them once
         self.name: str | None = None
         self.card = None
 
@@ -140,9 +141,12 @@ class ZooModel:
         """Every module back to its state at build time (a fit starts from there)."""
         for name, module in self.modules.items():
             module.load_state_dict(self._initial[name])
+        self._loaded = None
 
     def load_params(self, params: dict[str, torch.Tensor], modules: dict | None = None) -> None:
         """Load fitted weights (param-store names ``name$$$parameter``) into ``modules`` (default: the model's)."""
+        if modules is None and params is self._loaded:
+            return
         for name, module in (self.modules if modules is None else modules).items():
             prefix = f"{name}$$$"
             state = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
@@ -152,6 +156,8 @@ class ZooModel:
                                f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}; "
                                "were they saved from a model of another config?")
             module.load_state_dict(state, strict=False)  # buffers (masks, fixed inputs) come from the config
+        if modules is None:
+            self._loaded = params
 
     def __call__(self, *args, **kwargs):
         return self.model(*args, **kwargs)

@@ -35,6 +35,8 @@ from .layers import strip_plate_slot
 LIKELIHOODS = ("gaussian", "bernoulli", "softmax")
 REFUSED = {"laplace": "its layer outputs are per-point latents drawn by its guide; use svi",
            "nuts": "its inducing values and layer outputs number thousands; use svi, or gp-exact for nuts"}
+CARD = dict(task="regression", family="gaussian-process", default_guide="inducing", guides=("inducing",),
+            backends=("svi",), refused=REFUSED)  # what svgp's and dgp's registry cards share
 
 KERNELS = ("rbf", "matern52")
 JITTER = 1e-5
@@ -199,6 +201,14 @@ class DeepGP(nn.Module):
             self.propagate(x[idx], lambda i, layer, h: layer.marginal(h))
 
 
+def check_inputs(name: str, args: tuple, features: int) -> None:
+    """The points ``x`` of ``args`` must be (points, ``features``), as the model was built for."""
+    x_arg = args[0] if args else None
+    if not isinstance(x_arg, torch.Tensor) or x_arg.dim() != 2 or x_arg.shape[1] != features:
+        shape = tuple(x_arg.shape) if isinstance(x_arg, torch.Tensor) else None
+        raise ZooError(f"{name}: x must be (points, {features}) as the model was built for; got {shape}")
+
+
 def _inputs(name: str, data) -> torch.Tensor:
     if data is None:
         raise ZooError(f"{name}: pass data= (the training split): the inducing inputs start at k-means centres "
@@ -221,10 +231,7 @@ def _build(name: str, x, widths, num_inducing, kernel: str, likelihood: str, con
     num_classes = widths[-1] if likelihood == "softmax" else 2 if likelihood == "bernoulli" else None
 
     def validate(args):
-        x_arg = args[0] if args else None
-        if not isinstance(x_arg, torch.Tensor) or x_arg.dim() != 2 or x_arg.shape[1] != x.shape[1]:
-            shape = tuple(x_arg.shape) if isinstance(x_arg, torch.Tensor) else None
-            raise ZooError(f"{name}: x must be (points, {x.shape[1]}) as the model was built for; got {shape}")
+        check_inputs(name, args, x.shape[1])
         y_arg = args[1] if len(args) > 1 else None
         if y_arg is not None and num_classes is not None:
             check_labels(name, y_arg, num_classes)
@@ -235,10 +242,7 @@ def _build(name: str, x, widths, num_inducing, kernel: str, likelihood: str, con
                     fit_defaults={"svi": {"lr": 0.05, "batch_size": 10000, "num_steps": 2000, "elbo": "meanfield"}})
 
 
-@register_model("svgp", task="regression", family="gaussian-process",
-                likelihood="f ~ GP(0, k); y ~ Normal(f, noise) | Bernoulli | Categorical", default_guide="inducing",
-                guides=("inducing",), backends=("svi",),
-                refused=REFUSED,
+@register_model("svgp", likelihood="f ~ GP(0, k); y ~ Normal(f, noise) | Bernoulli | Categorical", **CARD,
                 paper="Hensman, Matthews & Ghahramani 2015, Scalable Variational Gaussian Process Classification",
                 notes="inducing values whitened, q(v) a full-covariance Gaussian; kernel hyperparameters, inducing "
                       "inputs and noise are point estimates. likelihood='bernoulli' or 'softmax' classifies.")
@@ -250,10 +254,7 @@ def svgp(*, data=None, num_inducing: int | None = 100, kernel: str = "rbf", like
     return _build("svgp", _inputs("svgp", data), [out], num_inducing, kernel, likelihood, config)
 
 
-@register_model("dgp", task="regression", family="gaussian-process",
-                likelihood="f_l ~ GP(m_l, k_l) composed over layers; y ~ Normal(f_L, noise)", default_guide="inducing",
-                guides=("inducing",), backends=("svi",),
-                refused=REFUSED,
+@register_model("dgp", likelihood="f_l ~ GP(m_l, k_l) composed over layers; y ~ Normal(f_L, noise)", **CARD,
                 paper="Salimbeni & Deisenroth 2017, Doubly Stochastic Variational Inference for Deep GPs",
                 notes="inner layers of width min(30, D) with a linear (PCA) mean function; every layer's outputs are "
                       "sampled per point, so predictions average the draws propagated through the layers.")

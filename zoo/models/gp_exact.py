@@ -12,6 +12,7 @@ from .._data import training_arrays
 from .._errors import ZooError
 from .._model import ZooModel
 from .._registry import register_model
+from .gp import check_inputs
 from .layers import strip_plate_slot
 
 JITTER = 1e-5
@@ -88,12 +89,7 @@ def gp_exact(*, data=None, kernel: str = "rbf") -> ZooModel:
                        "use svgp or dgp for more than 2,000")
     gp = ExactGP(x, y, kernel)
 
-    def validate(args):
-        x_arg = args[0] if args else None
-        if not isinstance(x_arg, torch.Tensor) or x_arg.dim() != 2 or x_arg.shape[1] != x.shape[1]:
-            shape = tuple(x_arg.shape) if isinstance(x_arg, torch.Tensor) else None
-            raise ZooError(f"gp-exact: x must be (points, {x.shape[1]}) as the model was built for; got {shape}")
-
-    return ZooModel(gp.model, predictive=gp.predictive, config={"kernel": kernel}, validate=validate,
+    return ZooModel(gp.model, predictive=gp.predictive, config={"kernel": kernel},
+                    validate=lambda args: check_inputs("gp-exact", args, x.shape[1]),
                     summary_sites=["lengthscale", "outputscale", "noise"], num_samples=200,
                     dims={"lengthscale": ["input"]}, built_from=(x, y))
