@@ -117,18 +117,18 @@ def _flaky_model(fail_at: int, error):
 
 def test_non_finite_loss_stops_and_keeps_the_last_finite_state():
     x, y = torch.zeros(20, 1), torch.ones(20)
-    model = _flaky_model(12, ValueError("Expected parameter loc ... found invalid values"))
+    model = _flaky_model(30, ValueError("Expected parameter loc ... found invalid values"))
     with pytest.raises(zoo.NonFiniteLossError, match="became nan at step") as err:
         zoo.fit(model, (x, y), "svi", num_steps=100, lr=0.05, num_samples=10)
     post = err.value.posterior
-    assert 5 <= len(post.loss) < 12 and torch.isfinite(post.flat_samples()["b"]).all()
+    assert 5 <= len(post.loss) < 30 and torch.isfinite(post.flat_samples()["b"]).all()
 
 
 def test_interrupt_keeps_the_work_done():
     x, y = torch.zeros(20, 1), torch.ones(20)
     with pytest.warns(zoo.ZooWarning, match="interrupted at step"):
-        post = zoo.fit(_flaky_model(22, KeyboardInterrupt()), (x, y), "svi", num_steps=100, num_samples=10)
-    assert 15 <= len(post.loss) < 22 and post.flat_samples()["b"].shape == (10,)
+        post = zoo.fit(_flaky_model(40, KeyboardInterrupt()), (x, y), "svi", num_steps=100, num_samples=10)
+    assert 15 <= len(post.loss) < 40 and post.flat_samples()["b"].shape == (10,)
 
 
 def test_laplace_refuses_a_dense_hessian_that_would_not_fit(model, data):

@@ -37,7 +37,7 @@ def problem():
 
 # backend, options, tolerance on the mean (in exact sds), relative tolerance on the sd
 CASES = [
-    ("svi", dict(guide="full-rank", num_steps=1500, lr=0.05, num_samples=4000), 0.15, 0.12),
+    ("svi", dict(guide="full-rank", num_steps=2000, lr=0.05, lr_decay=0.01, num_samples=4000), 0.2, 0.12),
     ("laplace", dict(curvature="exact", num_steps=1500, lr=0.05, tune_prior=False, num_samples=4000),
      0.05, 0.06),
     ("nuts", dict(num_warmup=200, num_chains=2, num_samples=400), 0.25, 0.2),

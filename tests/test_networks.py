@@ -50,7 +50,7 @@ def test_mc_dropout_passes_differ_and_their_mean_tends_to_weight_scaling(images)
         if p == 0.5:
             assert (draws[0] - draws[1]).abs().max() > 1e-3  # stochastic passes differ
         gaps.append(float((draws.mean(0) - scaled.predict(x).probs).abs().max()))
-    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-3
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 2e-3
 
 
 def test_per_example_noise_is_unbiased_with_the_right_variance():

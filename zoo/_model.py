@@ -10,11 +10,12 @@ import torch
 from pyro.infer.autoguide.initialization import init_to_median
 
 from ._errors import ZooError, unknown_name
+from ._initialization import feasible
 
 
 def _autoguide(cls, **defaults):
     def factory(zm: ZooModel, **options):
-        kwargs = {"init_loc_fn": zm.init_loc_fn, **defaults, **options}
+        kwargs = {"init_loc_fn": feasible(zm.init_loc_fn), **defaults, **options}
         try:
             return cls(zm.model, **kwargs)
         except TypeError as err:
@@ -79,6 +80,10 @@ class ZooModel:
     local_latents : bool
         The model has per-point latents in plate "data" that its own guides draw (a deep GP's layer
         outputs, an autoencoder's codes); they are redrawn at prediction, not kept as draws.
+    vectorized : bool
+        The model's body broadcasts over a leading plate of draws (the zoo's own families are written so).
+        Without it, ``fit`` checks once whether it does, else runs it over draws with ``torch.func.vmap``,
+        else in a loop; ``post.info["vectorized"]`` says which.
     autoencoder : torch.nn.Module, optional
         For models with per-point codes inferred by an amortised encoder (VAEs, sparse and
         denoising AEs): the module holding encoder and decoder. Such a model is fitted to x alone
@@ -108,6 +113,7 @@ class ZooModel:
         modules: dict | None = None,
         local_latents: bool = False,
         autoencoder=None,
+        vectorized: bool = False,
     ):
         if not callable(model):
             raise ZooError(f"model must be a callable Pyro model, got {type(model).__name__}")
@@ -128,6 +134,7 @@ class ZooModel:
         self.predict_batch = predict_batch
         self.autoencoder = autoencoder
         self.predictive = predictive or model
+        self.vectorized = vectorized
         self.dims = dict(dims or {})
         self.built_from = built_from
         self.point_estimates = point_estimates

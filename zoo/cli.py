@@ -85,6 +85,7 @@ def main(argv=None) -> int:
 
 def run_fit(args) -> None:
     import arviz as az
+    import numpy as np
 
     from . import datasets, fit, load
     from .inference._base import make_backend
@@ -128,8 +129,9 @@ def run_fit(args) -> None:
     if small is None:
         small = [k for k, (shape, _) in post.sites.latent.items() if math.prod(shape) == 1]
     if small:
-        print(az.summary(idata, var_names=small, kind="all" if post.num_chains > 1 else "stats"
-                         ).to_string())
+        with np.errstate(divide="ignore", invalid="ignore"):  # a stuck chain: R-hat is inf, and says so
+            print(az.summary(idata, var_names=small, kind="all" if post.num_chains > 1 else "stats"
+                             ).to_string())
     title = f"{args.model} / {args.backend} on {args.data}"
     if pred.probs is None:
         predictive_plot(pred, data.test.y_original, out / "predictive.png", title=title)
@@ -142,7 +144,7 @@ def run_fit(args) -> None:
             image_grid(data.test.x[top], out / "most-uncertain.png", titles=titles, ncols=4)
     if args.backend == "nuts" and small:
         trace_plot(idata, small, out / "trace.png")
-    if "interrupted" in post.info:
+    if post.status.interrupted:
         print(f"zoo: interrupted; saved the work done so far to {out}", file=sys.stderr)
     print(f"wrote {out}/ (zoo.json, samples.pt, params.pt, posterior.nc, idata.nc, plots)")
 

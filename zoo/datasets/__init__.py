@@ -7,7 +7,7 @@
 """
 
 from .._data import Split
-from . import mnist, series, text, uci  # noqa: F401  (loaders register themselves)
+from . import mnist, pdb, series, text, uci  # noqa: F401  (loaders register themselves)
 from ._registry import Dataset, list_datasets, load
 
 __all__ = ["Dataset", "Split", "list_datasets", "load"]

@@ -12,19 +12,20 @@ from typing import Protocol
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
 
 from .._errors import ZooError, unknown_name
+from .flat import FlatLatents, LogDensity, initial_point
+from .loop import Status
+from .sites import DATA_PLATE, MinibatchIndices, Sites
 
 BACKENDS: dict[str, type] = {}
-DATA_PLATE = "data"
+__all__ = ["DATA_PLATE", "BACKENDS", "FitResult", "MinibatchIndices", "Problem", "Sites"]
 
 
 class Backend(Protocol):
     name: str
 
-    def fit(self, zm, args: tuple, sites: Sites, *, num_samples: int, progress: bool) -> FitResult:
+    def fit(self, problem: Problem) -> FitResult:
         ...
 
 
@@ -52,54 +53,42 @@ def make_backend(backend, options: dict) -> Backend:
 
 
 @dataclass
+class Problem:
+    """What a backend needs and nothing more: the program and its data, its sites, how it runs over
+    many draws (``path``), where latents start, and for svi / laplace the guides and the output layer."""
+
+    model: Callable
+    args: tuple
+    sites: Sites
+    num_samples: int
+    progress: bool
+    init_loc_fn: Callable
+    path: str = "plate"
+    make_guide: Callable | None = None
+    last_layer: list[str] | None = None
+    _flat: tuple | None = field(default=None, repr=False)
+
+    def flat(self) -> tuple[FlatLatents, LogDensity, torch.Tensor]:
+        """The flat map of the latents, the log density over it, and the initial point (built once)."""
+        if self._flat is None:
+            latents, theta = initial_point(self.model, self.args, self.sites, self.init_loc_fn)
+            self._flat = latents, LogDensity(self.model, self.args, self.sites, latents, self.path), theta
+        return self._flat
+
+
+@dataclass
 class FitResult:
-    """What a backend hands back: draws shaped (chain, draw, ...) plus its own diagnostics."""
+    """What a backend hands back: draws shaped (chain, draw, ...), how the fit ended, its diagnostics."""
 
     samples: dict[str, torch.Tensor]
+    status: Status = field(default_factory=Status)
     sample_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     loss: list[float] = field(default_factory=list)
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
 
-@dataclass
-class Sites:
-    """The model's global latent sites (name -> (shape, event_dim)), its observed sites, and its local
-    latents: per-point sites inside plate "data" (name -> event shape), allowed when its guides draw them."""
-
-    latent: dict[str, tuple[tuple[int, ...], int]]
-    observed: list[str]
-    local: dict[str, tuple[int, ...]] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, model: Callable, args: tuple, allow_local: bool = False) -> Sites:
-        # two points show every global site's shape without a forward pass over all the data
-        head = tuple(a[:2] if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
-        with torch.no_grad():
-            trace = poutine.trace(model).get_trace(*head)
-        latent, observed, local = {}, [], {}
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site["infer"].get("is_auxiliary") or site["infer"].get("_deterministic"):
-                continue
-            if site["is_observed"]:
-                observed.append(name)
-            elif not isinstance(site["fn"], _Subsample) and name != DATA_PLATE:
-                if not any(f.name == DATA_PLATE for f in site["cond_indep_stack"]):
-                    latent[name] = (tuple(site["value"].shape), site["fn"].event_dim)
-                elif allow_local:
-                    local[name] = tuple(site["fn"].event_shape)
-                else:
-                    raise ZooError(f"site {name!r} is a local latent inside plate 'data'; the backends keep "
-                                   "global latents only, unless the model's own guides draw it "
-                                   "(ZooModel(local_latents=True)) and it is fitted with svi")
-        if not observed:
-            raise ZooError("the model has no observed site: pass the observations as its last "
-                           "argument and use pyro.sample(..., obs=y)")
-        return cls(latent, observed, local)
-
-
-def draw_from_guide(guide: Callable, args: tuple, sites: Sites, num_samples: int,
-                    max_plate_nesting: int) -> dict[str, torch.Tensor]:
+def draw_from_guide(guide: Callable, args: tuple, sites: Sites, num_samples: int) -> dict[str, torch.Tensor]:
     """``num_samples`` draws of every latent site from ``guide``, one vectorised pass: (S, *shape).
 
     With local latents the guide runs on one point: its global draws do not depend on the data, and
@@ -108,27 +97,11 @@ def draw_from_guide(guide: Callable, args: tuple, sites: Sites, num_samples: int
     if not sites.latent:  # per-point codes only: nothing global to draw
         return {}
     one_point = MinibatchIndices(torch.zeros(1, dtype=torch.long, device=args[0].device))
-    with (torch.no_grad(), pyro.plate("_draws", num_samples, dim=-max_plate_nesting - 1),
+    with (torch.no_grad(), pyro.plate("_draws", num_samples, dim=-sites.max_plate_nesting - 1),
           one_point if sites.local else contextlib.nullcontext()):
         trace = poutine.trace(guide).get_trace(*args)
     return {name: trace.nodes[name]["value"].detach().reshape(num_samples, *shape)
             for name, (shape, _) in sites.latent.items()}
-
-
-class MinibatchIndices(Messenger):
-    """Sets the indices of ``pyro.plate("data", N)`` so it sees a minibatch with scale N / B.
-
-    The model takes the full data and indexes it with the plate's indices
-    (``with pyro.plate("data", len(x)) as idx: ... x[idx]``), the idiom of Pyro's subsampling.
-    """
-
-    def __init__(self, indices: torch.Tensor):
-        super().__init__()
-        self.indices = indices
-
-    def _pyro_sample(self, msg):
-        if msg["name"] == DATA_PLATE and isinstance(msg["fn"], _Subsample):
-            msg["value"] = self.indices
 
 
 def on_minibatch(fn: Callable) -> Callable:

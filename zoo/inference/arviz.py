@@ -25,6 +25,7 @@ def to_inference_data(post, data=None, var_names=None) -> az.InferenceData:
     if unknown:
         raise ZooError(f"to_arviz: no latent sites {unknown}; the posterior has {sorted(post.samples)}")
     posterior = {k: post.samples[k].cpu().numpy() for k in var_names}
+    posterior.update({k: v.cpu().numpy() for k, v in post.deterministic.items()})
     if post.model.point_estimates is not None:  # constant over draws: fitted, not sampled
         post.model.load_params(post.params)
         for k, v in post.model.point_estimates().items():
@@ -37,24 +38,33 @@ def to_inference_data(post, data=None, var_names=None) -> az.InferenceData:
     coords = {}
     if data is not None:
         args, _ = as_args(data)
-        y_name = post.sites.observed[0]
-        log_lik = post.log_likelihood(args).cpu().numpy()
-        pred = post.predict(args[:-1])
-        shift, scale = post.target_scale
-        if pred.probs is not None:
-            replicated = torch.distributions.Categorical(probs=pred.draw_probs).sample().cpu().numpy()
-            observed = args[-1].cpu().numpy()
-        else:
-            replicated = pred.samples.cpu().numpy()
-            observed = (args[-1] * scale + shift).cpu().numpy()
-        shape = (chains, draws, *replicated.shape[1:])
-        groups["posterior_predictive"] = {y_name: replicated.reshape(shape)}
-        groups["log_likelihood"] = {y_name: log_lik.reshape(chains, draws, *log_lik.shape[1:])}
-        groups["observed_data"] = {y_name: observed}
-        dims[y_name] = ["obs"]
-        coords["obs"] = np.arange(observed.shape[0])
+        inputs = args[:len(args) - post.sites.num_targets]
+        one = len(post.sites.observed) == 1
+        for site in post.sites.observed:
+            summary = post._summary(args, site, with_log_prob=True)
+            observed, replicated = _observed(post, inputs, site, summary)
+            obs_dims = ["obs" if one else f"{site}_obs"] + [f"{site}_dim_{i}" for i in range(1, observed.ndim)]
+            groups.setdefault("posterior_predictive", {})[site] = replicated.reshape(
+                chains, draws, *replicated.shape[1:])
+            groups.setdefault("observed_data", {})[site] = observed
+            if bool(summary["pointwise"][0]):  # else one value per draw: no pointwise log-likelihood to store
+                log_lik = post.pointwise_log_likelihood(summary, site).cpu().numpy()
+                groups.setdefault("log_likelihood", {})[site] = log_lik.reshape(chains, draws, *log_lik.shape[1:])
+            dims[site] = obs_dims
+            coords[obs_dims[0]] = np.arange(observed.shape[0]) if observed.ndim else np.arange(1)
     return _with_loss(az.from_dict(**groups, coords=coords, dims=dims,
                                    attrs={"inference_library": "zoo", "method": post.method}), post)
+
+
+def _observed(post, inputs, site, summary):
+    """The observations of ``site`` (original units) and draws from its posterior predictive."""
+    pred = post.predict(inputs, site=site)
+    value = summary["value"][0]
+    if pred.probs is not None:
+        replicated = torch.distributions.Categorical(probs=pred.draw_probs).sample()
+        return value.cpu().numpy(), replicated.cpu().numpy()
+    shift, scale = post.target_scale if bool(summary["continuous"][0]) else (0.0, 1.0)
+    return (value * scale + shift).cpu().numpy(), pred.samples.cpu().numpy()
 
 
 def generative_inference_data(post, data, num_samples: int, iwae_samples: int) -> az.InferenceData:

@@ -12,8 +12,10 @@ import torch
 from .._data import as_args
 from .._errors import NonFiniteLossError, ZooError
 from .._model import ZooModel
-from ._base import Sites, check_positive, make_backend
+from ._base import Problem, check_positive, make_backend
+from .flat import decide_path
 from .posterior import Posterior, posterior_class
+from .sites import Sites
 
 
 class ZooWarning(UserWarning):
@@ -75,19 +77,25 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     for module in zm.modules.values():  # the networks follow the data's device
         module.to(args[0].device)
     progress = sys.stderr.isatty() if progress is None else progress
-    sites = Sites.of(zm.model, args, allow_local=zm.local_latents)
+    sites = Sites.of(zm.model, args, init_loc_fn=zm.init_loc_fn, allow_local=zm.local_latents,
+                     max_plate_nesting=zm.max_plate_nesting)
+    path = "plate" if zm.vectorized else decide_path(zm.model, sites, args, zm.init_loc_fn)
+    problem = Problem(zm.model, args, sites, num_samples, progress, zm.init_loc_fn, path,
+                      make_guide=zm.make_guide, last_layer=zm.last_layer)
     start = time.perf_counter()
-    result = engine.fit(zm, args, sites, num_samples=num_samples, progress=progress)
+    result = engine.fit(problem)
     elapsed = time.perf_counter() - start
+    info = {**result.info, "vectorized": path, "status": result.status.to_json()}
     post = posterior_class(zm)(zm, result.samples, method=engine.name, sites=sites,
                                sample_stats=result.sample_stats, loss=result.loss, params=result.params,
-                               info=result.info, target_scale=target_scale, timings={"fit_s": elapsed},
+                               info=info, target_scale=target_scale, timings={"fit_s": elapsed},
                                options=options)
-    for message in result.info.get("warnings", []):
+    post.compute_deterministic(args)
+    for message in result.status.warnings:
         warnings.warn(message, ZooWarning, stacklevel=2)
-    if "stopped" in result.info:
-        raise NonFiniteLossError(result.info["stopped"], posterior=post)
-    if "interrupted" in result.info:
-        warnings.warn(result.info["interrupted"] + "; the posterior holds the work done so far",
+    if result.status.stopped:
+        raise NonFiniteLossError(result.status.stopped, posterior=post)
+    if result.status.interrupted:
+        warnings.warn(result.status.interrupted + "; the posterior holds the work done so far",
                       ZooWarning, stacklevel=2)
     return post

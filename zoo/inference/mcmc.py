@@ -14,7 +14,7 @@ from pyro.poutine.messenger import Messenger
 
 from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
-from ._progress import progress_bar
+from .loop import Status, run_steps
 
 
 class _TreeDepth(Messenger):
@@ -56,46 +56,49 @@ class NUTS:
     jit: bool = False
     parallel: bool | None = None
 
-    def fit(self, zm, args, sites, *, num_samples, progress) -> FitResult:
+    def fit(self, problem) -> FitResult:
         check_positive("nuts: num_warmup", self.num_warmup + 1)
         check_positive("nuts: num_chains", self.num_chains)
         check_positive("nuts: max_tree_depth", self.max_tree_depth)
         if not 0 < self.target_accept < 1:
             raise ZooError(f"nuts: target_accept must be in (0, 1), got {self.target_accept}")
+        latents, _, theta0 = problem.flat()  # built before forking: every chain shares it
+        device = theta0.device
         parallel = (os.cpu_count() or 1) > self.num_chains if self.parallel is None else self.parallel
         # forked children cannot use a CUDA context made by their parent
         parallel = (parallel and self.num_chains > 1 and "fork" in mp.get_all_start_methods()
-                    and args[0].device.type == "cpu")
+                    and device.type == "cpu")
         info = {"cores": os.cpu_count(), "parallel_chains": parallel}
-        results = (self._run_parallel(zm, args, sites, num_samples) if parallel
-                   else self._run_sequential(zm, args, sites, num_samples, progress))
+        results = (self._run_parallel(problem) if parallel else self._run_sequential(problem))
+        status = Status(num_steps=self.num_chains * (self.num_warmup + problem.num_samples),
+                        steps_done=sum(len(r[1]) for r in results))
         complete = [r for r in results if not r[2]]
         if len(complete) < self.num_chains:
             done = ", ".join(str(len(r[1])) for r in results)
-            info["interrupted"] = f"nuts: interrupted with draws per chain {done}; kept the finished chains"
+            status.interrupted = f"nuts: interrupted with draws per chain {done}; kept the finished chains"
         kept = complete or [max(results, key=lambda r: len(r[1]))]
-        if not kept[0][1]:
+        if not len(kept[0][1]):
             raise ZooError("nuts: interrupted before the first draw after warmup; nothing to keep")
-        chains, stats = [r[0] for r in kept], [r[1] for r in kept]
-        device = args[0].device
-        samples = {n: torch.stack([torch.as_tensor(c[n], device=device) for c in chains]) for n in sites.latent}
+        theta = torch.stack([torch.as_tensor(r[0], device=device) for r in kept])  # (chain, draw, D)
+        samples = {n: v.detach() for n, v in latents.constrain(theta).items()}
+        stats = [r[1] for r in kept]
         sample_stats = {k: torch.tensor([[s[k] for s in c] for c in stats]) for k in stats[0][0]}
-        return FitResult(samples, sample_stats=sample_stats, info=info)
+        return FitResult(samples, status=status, sample_stats=sample_stats, info=info)
 
-    def _run_sequential(self, zm, args, sites, num_samples, progress):
+    def _run_sequential(self, problem):
         results = []
         for chain in range(self.num_chains):
-            results.append(self._run_chain(zm, args, sites, num_samples, chain, progress))
+            results.append(self._run_chain(problem, chain, problem.progress))
             if results[-1][2]:  # interrupted: run no further chain
                 break
         return results
 
-    def _run_parallel(self, zm, args, sites, num_samples):
+    def _run_parallel(self, problem):
         ctx = mp.get_context("fork")  # children inherit the model: nothing needs pickling
         queue = ctx.Queue()
         seeds = torch.randint(2**31 - 1, (self.num_chains,)).tolist()
         workers = [ctx.Process(target=_chain_worker, daemon=True,
-                               args=(self, zm, args, sites, num_samples, chain, seeds[chain], queue))
+                               args=(self, problem, chain, seeds[chain], queue))
                    for chain in range(self.num_chains)]
         for w in workers:
             w.start()
@@ -112,57 +115,56 @@ class NUTS:
             w.join()
         return [results[c] for c in range(self.num_chains)]
 
-    def _run_chain(self, zm, args, sites, num_samples, chain, progress):
-        kernel = pyro_mcmc.NUTS(zm.model, target_accept_prob=self.target_accept,
-                                max_tree_depth=self.max_tree_depth, jit_compile=self.jit,
-                                ignore_jit_warnings=True, init_strategy=zm.init_loc_fn,
-                                max_plate_nesting=zm.max_plate_nesting)
-        kernel.setup(self.num_warmup, *args)
-        z = kernel.initial_params
+    def _run_chain(self, problem, chain, progress):
+        """One chain on the flat log density: draws of the unconstrained vector (draws, D), the per-draw
+        statistics, and whether it was interrupted."""
+        _, density, theta0 = problem.flat()
+        kernel = pyro_mcmc.NUTS(potential_fn=lambda z: -density(z["theta"]), target_accept_prob=self.target_accept,
+                                max_tree_depth=self.max_tree_depth, jit_compile=self.jit, ignore_jit_warnings=True)
+        kernel.initial_params = {"theta": theta0}
+        kernel.setup(self.num_warmup)
+        state = {"z": kernel.initial_params, "depth": 0}
         draws, stats = [], []
-        total = self.num_warmup + num_samples
-        bar = progress_bar(total, f"nuts chain {chain}", progress)
+
+        def step(t):
+            divergences = len(kernel._divergences)
+            mean_accept = kernel._mean_accept_prob
+            with _TreeDepth() as depth:
+                state["z"] = kernel.sample(state["z"])
+            state["depth"] = depth.depth
+            if t < self.num_warmup:
+                return None
+            n = t + 1 - self.num_warmup
+            _, potential, _ = kernel._fetch_from_cache()
+            stats.append({
+                "diverging": len(kernel._divergences) > divergences,
+                "tree_depth": depth.depth,
+                "step_size": float(kernel.step_size),
+                "acceptance_rate": n * kernel._mean_accept_prob - (n - 1) * mean_accept,
+                "lp": -float(potential) if potential is not None else float("nan"),
+            })
+            draws.append(state["z"]["theta"].detach())
+            return None
+
         try:
-            for t in range(total):
-                divergences = len(kernel._divergences)
-                mean_accept = kernel._mean_accept_prob
-                with _TreeDepth() as depth:
-                    z = kernel.sample(z)
-                bar.update()
-                if t < self.num_warmup:
-                    continue
-                n = t + 1 - self.num_warmup
-                _, potential, _ = kernel._fetch_from_cache()
-                stats.append({
-                    "diverging": len(kernel._divergences) > divergences,
-                    "tree_depth": depth.depth,
-                    "step_size": float(kernel.step_size),
-                    "acceptance_rate": n * kernel._mean_accept_prob - (n - 1) * mean_accept,
-                    "lp": -float(potential) if potential is not None else float("nan"),
-                })
-                draws.append({name: kernel.transforms[name].inv(z[name]).detach() if name in
-                              kernel.transforms else z[name].detach() for name in sites.latent})
-                if n % 50 == 0:
-                    bar.set_postfix(step=f"{kernel.step_size:.3g}", depth=depth.depth)
-        except KeyboardInterrupt:
-            return _stacked(draws), stats, True
+            status = run_steps(self.num_warmup + problem.num_samples, step, f"nuts chain {chain}", progress,
+                               postfix=lambda: {"step": f"{kernel.step_size:.3g}", "depth": state["depth"]})
         finally:
-            bar.close()
             kernel.cleanup()
-        return _stacked(draws), stats, False
+        return _stacked(draws, theta0), stats, status.interrupted is not None
 
 
-def _stacked(draws: list[dict]) -> dict:
-    """Per-site tensors shaped (draws, ...)."""
-    return {n: torch.stack([d[n] for d in draws]) for n in draws[0]} if draws else {}
+def _stacked(draws: list, theta0: torch.Tensor) -> torch.Tensor:
+    """The chain's draws of the flat vector, (draws, D)."""
+    return torch.stack(draws) if draws else theta0.new_zeros((0, theta0.numel()))
 
 
-def _chain_worker(backend, zm, args, sites, num_samples, chain, seed, queue):
+def _chain_worker(backend, problem, chain, seed, queue):
     torch.set_num_threads(1)
     pyro.set_rng_seed(seed)
     try:
-        draws, stats, interrupted = backend._run_chain(zm, args, sites, num_samples, chain, progress=False)
+        draws, stats, interrupted = backend._run_chain(problem, chain, progress=False)
         # numpy crosses the process boundary by value (torch would share memory the child takes away)
-        queue.put((chain, ({n: v.numpy() for n, v in draws.items()}, stats, interrupted)))
+        queue.put((chain, (draws.numpy(), stats, interrupted)))
     except Exception as err:  # reported to the parent, which raises it
         queue.put((chain, f"{type(err).__name__}: {err}"))

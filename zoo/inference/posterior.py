@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 
 from .. import metrics
 from .._data import Split, as_args
 from .._errors import ZooError
-from ._base import Sites
-
-FORMAT = "zoo-posterior"
-VERSION = 1
+from .draws import DrawRunner
+from .loop import Status
+from .sites import Sites
 
 
 @dataclass
@@ -38,11 +36,59 @@ class Prediction:
     draw_probs: torch.Tensor | None = None
 
 
+def _class_probs(fn) -> torch.Tensor | None:
+    """Class probabilities of a categorical or Bernoulli likelihood (a Bernoulli has two classes)."""
+    while isinstance(fn, dist.Independent):
+        fn = fn.base_dist
+    if isinstance(fn, dist.Categorical):
+        return fn.probs
+    if isinstance(fn, dist.Bernoulli):
+        return torch.stack([1 - fn.probs, fn.probs], -1)
+    return None
+
+
+FLAGS = ("continuous", "pointwise")  # per-site facts in a summary, not per-point values
+
+
+def _continuous(fn) -> bool:
+    return not fn.support.is_discrete
+
+
+def site_summary(name: str, with_log_prob: bool):
+    """An extract for :class:`DrawRunner`: the site's value, its mean and variance (where the
+    distribution has them), class probabilities, and with observations its pointwise log-probability."""
+
+    def extract(trace, reduce):
+        site = trace.nodes[name]
+        fn, value = site["fn"], site["value"]
+        shape = torch.broadcast_shapes(value.shape, fn.batch_shape + fn.event_shape)
+        out = {"value": value.expand(shape).to(torch.get_default_dtype())}
+        probs = _class_probs(fn)
+        if probs is not None:
+            out["probs"] = probs
+        else:
+            try:
+                out["mean"], out["variance"] = fn.mean.expand(shape), fn.variance.expand(shape)
+            except NotImplementedError:
+                pass
+        if with_log_prob:
+            out["log_prob"] = fn.log_prob(value)
+        out["continuous"] = torch.tensor(float(_continuous(fn)))
+        out["pointwise"] = torch.tensor(float(any(f.vectorized and f.name != "_draws"
+                                                  for f in site["cond_indep_stack"])))
+        return out
+
+    return extract
+
+
 class Posterior:
-    """Draws ``site -> tensor[chain, draw, ...]`` of a fitted :class:`ZooModel`, plus diagnostics."""
+    """Draws ``site -> tensor[chain, draw, ...]`` of a fitted :class:`ZooModel`, plus diagnostics.
+
+    ``deterministic`` holds the model's global ``pyro.deterministic`` sites at every draw, the same shape.
+    """
 
     def __init__(self, model, samples, *, method, sites: Sites, sample_stats=None, loss=None,
-                 params=None, info=None, target_scale=(0.0, 1.0), timings=None, options=None):
+                 params=None, info=None, target_scale=(0.0, 1.0), timings=None, options=None, deterministic=None):
         self.model = model
         self.samples = samples
         self.method = method
@@ -54,14 +100,21 @@ class Posterior:
         self.target_scale = tuple(float(v) for v in target_scale)
         self.timings = timings or {}
         self.options = options or {}
+        self.deterministic = deterministic or {}
+        self.runner = DrawRunner(model.predictive, sites, self.info.get("vectorized", "plate"))
 
     @property
     def num_chains(self) -> int:
-        return next(iter(self.samples.values())).shape[0]
+        return next(iter(self.samples.values())).shape[0] if self.samples else 1
 
     @property
     def num_draws(self) -> int:
-        return next(iter(self.samples.values())).shape[1]
+        return next(iter(self.samples.values())).shape[1] if self.samples else 1
+
+    @property
+    def status(self) -> Status:
+        """How the fit ended: complete, stopped by a non-finite loss, or interrupted."""
+        return Status(**self.info.get("status", {}))
 
     @property
     def task(self) -> str:
@@ -73,104 +126,134 @@ class Posterior:
         return {k: v.reshape(-1, *v.shape[2:]) for k, v in self.samples.items()}
 
     def trace(self, data) -> tuple[poutine.Trace, tuple]:
-        """The model run once over every draw (a vectorised plate), conditioned on ``data``."""
+        """The model run once over every draw under a vectorising plate, conditioned on ``data``
+        (for models whose body broadcasts over draws; see ``info["vectorized"]``)."""
         args, _ = as_args(data, device=self._device())
-        return self._trace_args(args), args
-
-    def _trace_args(self, args: tuple) -> poutine.Trace:
-        """:meth:`trace` for arguments already converted by ``as_args``."""
         self.model.validate(args)
         self.model.load_params(self.params)
         flat = self.flat_samples()
-        draws = next(iter(flat.values())).shape[0]
-        mpn = self.model.max_plate_nesting
+        draws = self.num_chains * self.num_draws
+        mpn = self.sites.max_plate_nesting
         cond = {}
         for name, (shape, event_dim) in self.sites.latent.items():
             pad = mpn - (len(shape) - event_dim)
             cond[name] = flat[name].reshape(draws, *([1] * pad), *shape)
         with torch.no_grad(), pyro.plate("_draws", draws, dim=-mpn - 1):
-            return poutine.trace(poutine.condition(self.model.predictive, cond)).get_trace(*args)
+            return poutine.trace(poutine.condition(self.model.predictive, cond)).get_trace(*args), args
 
     def _device(self):
-        return next(iter(self.samples.values())).device
+        return next(iter(self.samples.values())).device if self.samples else torch.device("cpu")
 
-    def _observed(self, trace):
-        if len(self.sites.observed) != 1:
-            raise ZooError(f"predict/evaluate need one observed site, the model has {self.sites.observed}")
-        return trace.nodes[self.sites.observed[0]]
+    def site(self, site: str | None = None) -> str:
+        """The observed site ``site`` names (default: the only one), checked."""
+        observed = self.sites.observed
+        if site is None:
+            if len(observed) != 1:
+                raise ZooError(f"the model observes {observed}: say which with site=")
+            return observed[0]
+        if site not in observed:
+            kind = "a latent site" if site in self.sites.latent else "not an observed site of the model"
+            raise ZooError(f"site={site!r} is {kind}; the observed sites are {observed}")
+        return site
 
     def _batches(self, args):
         """``args`` cut into row blocks sized so that one vectorised pass stays in bounded memory."""
-        n = args[0].shape[0]
+        n = args[0].shape[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim() else 1
         size = n
         if self.model.predict_batch is not None:
             size = max(1, self.model.predict_batch * 100 // (self.num_chains * self.num_draws))
-        for start in range(0, max(n, 1), size):
+        if size >= n:
+            yield args
+            return
+        for start in range(0, n, size):
             yield tuple(a[start:start + size] if isinstance(a, torch.Tensor) and a.dim() else a for a in args)
 
-    def _observed_fns(self, args):
-        """The observed site's distribution and value over all draws, block by block of points."""
-        for block in self._batches(args):
-            site = self._observed(self._trace_args(block))
-            yield site["fn"], site["value"]
+    def _summary(self, args, site: str, with_log_prob: bool) -> dict[str, torch.Tensor]:
+        """:func:`site_summary` of ``site`` at every draw, (draws, ...), block by block of points."""
+        self.model.validate(args)
+        self.model.load_params(self.params)
+        extract = site_summary(site, with_log_prob)
+        with torch.no_grad():
+            parts = [self.runner.run(self.flat_samples(), block, extract) for block in self._batches(args)]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: parts[0][k] if k in FLAGS else torch.cat([p[k] for p in parts], 1) for k in parts[0]}
 
-    def predict(self, x) -> Prediction:
-        """Predictive mean and spread at inputs ``x`` (vectorised over draws, in blocks of points).
+    def _inputs(self, x) -> tuple:
+        """The model's arguments for inputs ``x``: the observations set to None."""
+        inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        args, _ = as_args((*inputs, *([None] * self.sites.num_targets)), device=self._device())
+        return args
+
+    def predict(self, x, site: str | None = None) -> Prediction:
+        """Predictive mean and spread of ``site`` at inputs ``x`` (every draw at once, in blocks of points).
 
         ``x`` is the model's arguments without the observations: an array, or a tuple.
         """
-        args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-        args, _ = as_args((*args, None), device=self._device())
-        fns, values = zip(*self._observed_fns(args), strict=True)
-        if self._is_classifier(fns[0]):
-            draw_probs = torch.cat([fn.probs for fn in fns], -2)
-            return Prediction(mean=draw_probs.mean(0).argmax(-1), probs=draw_probs.mean(0),
-                              draw_probs=draw_probs)
-        shift, scale = self.target_scale
-        samples = torch.cat(values, -1) * scale + shift
-        try:
-            means = torch.cat([fn.mean.expand(v.shape) for fn, v in zip(fns, values, strict=True)], -1)
-            variances = torch.cat([fn.variance.expand(v.shape) for fn, v in zip(fns, values, strict=True)], -1)
-        except NotImplementedError:
+        site = self.site(site)
+        out = self._summary(self._inputs(x), site, with_log_prob=False)
+        if "probs" in out:
+            draw_probs = out["probs"]
+            return Prediction(mean=draw_probs.mean(0).argmax(-1), probs=draw_probs.mean(0), draw_probs=draw_probs)
+        shift, scale = self.target_scale if bool(out["continuous"][0]) else (0.0, 1.0)
+        samples = out["value"] * scale + shift
+        if "mean" not in out:
             return Prediction(mean=samples.mean(0), std=samples.std(0), samples=samples)
-        means, variances = means * scale + shift, variances * scale**2
+        means, variances = out["mean"] * scale + shift, out["variance"] * scale**2
         epistemic = means.var(0, unbiased=False)
         aleatoric = variances.mean(0)
         return Prediction(mean=means.mean(0), std=(epistemic + aleatoric).sqrt(),
-                          epistemic_std=epistemic.sqrt(), aleatoric_std=aleatoric.sqrt(),
-                          samples=samples)
+                          epistemic_std=epistemic.sqrt(), aleatoric_std=aleatoric.sqrt(), samples=samples)
 
-    def log_likelihood(self, data) -> torch.Tensor:
-        """Pointwise log p(y_i | theta_s) in original units, shape (draws, points)."""
+    def log_likelihood(self, data, site: str | None = None) -> torch.Tensor:
+        """Pointwise log p(y_i | theta_s) of ``site`` in original units, shape (draws, points...)."""
+        site = self.site(site)
         args, _ = as_args(data, device=self._device())
-        fns, values = zip(*self._observed_fns(args), strict=True)
-        log_lik = torch.cat([fn.log_prob(v) for fn, v in zip(fns, values, strict=True)], -1)
-        if not self._is_classifier(fns[0]):
+        return self.pointwise_log_likelihood(self._summary(args, site, with_log_prob=True), site)
+
+    def pointwise_log_likelihood(self, out: dict, site: str) -> torch.Tensor:
+        """The pointwise log-likelihood in a :meth:`_summary` of ``site``, in original units."""
+        if not bool(out["pointwise"][0]):
+            raise ZooError(f"site {site!r} is observed outside any plate, so it has one log-likelihood per draw, "
+                           "not one per point; put its observations in pyro.plate('data', N) for a pointwise one")
+        log_lik = out["log_prob"]
+        if bool(out["continuous"][0]):
             log_lik = log_lik - math.log(self.target_scale[1])
         return log_lik
 
-    def evaluate(self, data) -> dict[str, float]:
+    def evaluate(self, data, site: str | None = None) -> dict[str, float]:
         """Test metrics: ``rmse``, ``test_ll`` (regression) or ``accuracy``, ``nll``, ``ece``, ``brier``.
 
         ``test_ll`` is the per-point log of the predictive density, log-mean-exp over draws, in
         the data's original units, as in Hernandez-Lobato & Adams (2015) and Gal & Ghahramani (2016).
         """
+        site = self.site(site)
         args, (shift, scale) = as_args(data, device=self._device())
         if isinstance(data, Split) and (shift, scale) != self.target_scale:
             raise ZooError("evaluate: the data's target scaling differs from the training split's; "
                            "evaluate on a split of the same dataset load")
-        pred = self.predict(args[:-1])
-        y = args[-1]
-        if pred.probs is not None:  # nll = -log of the draw-averaged probability, as test_ll below
-            return metrics.classification(pred.probs, y)
-        log_lik = self.log_likelihood(args)
+        out = self._summary(args, site, with_log_prob=True)
+        y = out["value"][0]
+        if "probs" in out:  # nll = -log of the draw-averaged probability, as test_ll below
+            return metrics.classification(out["probs"].mean(0), y.long())
+        continuous = bool(out["continuous"][0])
+        shift, scale = self.target_scale if continuous else (0.0, 1.0)
+        log_lik = out["log_prob"] - (math.log(scale) if continuous else 0.0)
+        log_lik = log_lik.reshape(log_lik.shape[0], -1)
         test_ll = float((torch.logsumexp(log_lik, 0) - math.log(log_lik.shape[0])).mean())
-        y_orig = y * self.target_scale[1] + self.target_scale[0]
-        return {"rmse": metrics.rmse(pred.mean, y_orig), "test_ll": test_ll}
+        mean = out["mean"] if "mean" in out else out["value"]
+        return {"rmse": metrics.rmse(mean.mean(0) * scale + shift, y * scale + shift), "test_ll": test_ll}
 
-    @staticmethod
-    def _is_classifier(fn) -> bool:
-        return hasattr(fn, "probs") and isinstance(fn, pyro.distributions.Categorical)
+    def compute_deterministic(self, args) -> None:
+        """The global ``pyro.deterministic`` sites at every draw, from the model run on ``args``."""
+        if not self.sites.deterministic:
+            return
+        names = list(self.sites.deterministic)
+        indices = torch.arange(1, device=self._device()) if self.sites.subsamplable else None
+        with torch.no_grad():
+            out = self.runner.run(self.flat_samples(), args, lambda trace, _: {n: trace.nodes[n]["value"]
+                                                                              for n in names}, indices)
+        self.deterministic = {n: v.reshape(self.num_chains, self.num_draws, *v.shape[1:]) for n, v in out.items()}
 
     def to_arviz(self, data=None, var_names=None):
         """An ``arviz.InferenceData``; with ``data``, also predictive, log likelihood and observations.
@@ -181,64 +264,18 @@ class Posterior:
 
         return to_inference_data(self, data, var_names)
 
-    def save(self, path) -> Path:
+    def save(self, path):
         """Write the posterior to folder ``path``: zoo.json, samples.pt, params.pt, posterior.nc."""
-        if self.model.name is None:
-            raise ZooError("save: only registered models can be saved; register it with "
-                           "@zoo.register_model so load_posterior can rebuild it")
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": FORMAT, "version": VERSION, "model": self.model.name, "config": self.model.config,
-            "method": self.method, "options": _jsonable(self.options), "target_scale": self.target_scale,
-            "sites": {"latent": {k: [list(s), e] for k, (s, e) in self.sites.latent.items()},
-                      "observed": self.sites.observed,
-                      "local": {k: list(s) for k, s in self.sites.local.items()}},
-            "loss": self.loss, "info": _jsonable(self.info), "timings": self.timings,
-        }
-        (path / "zoo.json").write_text(json.dumps(meta, indent=1))
-        torch.save({"samples": _cpu(self.samples), "sample_stats": _cpu(self.sample_stats)},
-                   path / "samples.pt")
-        torch.save(_cpu(self.params), path / "params.pt")
-        if self.model.built_from is not None:  # a model that conditions on its training data needs it back
-            torch.save([a.detach().cpu() for a in self.model.built_from], path / "built_from.pt")
-        self.to_arviz().to_netcdf(str(path / "posterior.nc"))
-        return path
+        from .saving import save
+
+        return save(self, path)
 
     @classmethod
     def load(cls, path) -> Posterior:
         """Read a folder written by :meth:`save` (no training data needed, nothing unpickled)."""
-        from .. import _registry
+        from .saving import load
 
-        path = Path(path)
-        meta_file = path / "zoo.json"
-        if not meta_file.is_file():
-            raise ZooError(f"load_posterior: {path} holds no zoo.json; is it a folder written by "
-                           "Posterior.save?")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ZooError(f"load_posterior: {meta_file} is not valid JSON ({err}); the save is corrupt") from None
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ZooError(f"load_posterior: {path} is not a zoo posterior of version {VERSION} "
-                           f"(found format={meta.get('format')!r}, version={meta.get('version')!r})")
-        try:
-            stored = torch.load(path / "samples.pt", weights_only=True)
-            params = torch.load(path / "params.pt", weights_only=True)
-        except Exception as err:
-            raise ZooError(f"load_posterior: cannot read the tensors in {path} ({err}); "
-                           "the save is corrupt or incomplete") from None
-        built_from = path / "built_from.pt"
-        data = {"data": tuple(torch.load(built_from, weights_only=True))} if built_from.is_file() else {}
-        model = _registry.load(meta["model"], **meta["config"], **data)
-        if cls is Posterior:
-            cls = posterior_class(model)
-        sites = Sites({k: (tuple(s), e) for k, (s, e) in meta["sites"]["latent"].items()},
-                      meta["sites"]["observed"], {k: tuple(s) for k, s in meta["sites"].get("local", {}).items()})
-        return cls(model, stored["samples"], method=meta["method"], sites=sites,
-                   sample_stats=stored["sample_stats"], loss=meta["loss"], params=params,
-                   info=meta["info"], target_scale=meta["target_scale"], timings=meta["timings"],
-                   options=meta["options"])
+        return load(path, cls)
 
     def __repr__(self) -> str:
         return (f"Posterior({self.model.name}, method={self.method!r}, chains={self.num_chains}, "
@@ -252,17 +289,3 @@ def posterior_class(model) -> type[Posterior]:
     from .generative import GenerativePosterior
 
     return GenerativePosterior
-
-
-def _cpu(tensors: dict) -> dict:
-    return {k: v.detach().cpu() for k, v in tensors.items()}
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

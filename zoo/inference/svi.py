@@ -24,7 +24,7 @@ from ._base import (
     on_minibatch,
     register_backend,
 )
-from ._progress import progress_bar
+from .loop import NonFinite, run_steps
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
 JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}
@@ -69,23 +69,24 @@ class SVI:
     num_particles: int = 1
     jit: bool = False
 
-    def fit(self, zm, args, sites, *, num_samples, progress) -> FitResult:
+    def fit(self, problem) -> FitResult:
         if self.elbo not in ELBOS:
             raise ZooError(f"svi: elbo must be one of {sorted(ELBOS)}, got {self.elbo!r}")
         if self.optimizer not in ("adam", "clipped_adam"):
             raise ZooError(f"svi: optimizer must be 'adam' or 'clipped_adam', got {self.optimizer!r}")
         check_positive("svi: lr", self.lr, integer=False)
         check_positive("svi: num_particles", self.num_particles)
+        args, sites = problem.args, problem.sites
         n = args[0].shape[0]
         batch_size = n if self.batch_size is None else min(self.batch_size, n)
         check_positive("svi: batch_size", batch_size)
         num_steps = self._num_steps(n, batch_size)
-        guide = zm.make_guide(self.guide, **self.guide_options)
+        guide = problem.make_guide(self.guide, **self.guide_options)
         minibatch = batch_size < n
-        model = on_minibatch(zm.model) if minibatch else zm.model
+        model = on_minibatch(problem.model) if minibatch else problem.model
         guide_run = on_minibatch(guide) if minibatch else guide
         elbo_options = dict(num_particles=self.num_particles, vectorize_particles=self.num_particles > 1,
-                            max_plate_nesting=zm.max_plate_nesting)
+                            max_plate_nesting=sites.max_plate_nesting)
         if self.jit:
             elbo = JIT_ELBOS[self.elbo](**elbo_options, ignore_jit_warnings=True)
         else:
@@ -94,48 +95,39 @@ class SVI:
         if minibatch:
             _check_subsampling(model, args, batch_size)
 
-        losses, info = [], {"num_steps": num_steps, "batch_size": batch_size}
-        order = torch.randperm(n, device=args[0].device)
-        bar = progress_bar(num_steps, "svi", progress)
-        try:
-            for step in range(num_steps):
-                step_args = args
-                if minibatch:
-                    start = (step * batch_size) % n
-                    if start + batch_size > n:
-                        order, start = torch.randperm(n, device=args[0].device), 0
-                    step_args = (*args, order[start:start + batch_size])
-                with poutine.trace(param_only=True) as params, per_example_noise():
-                    try:
-                        loss = elbo.loss_and_grads(model, guide_run, *step_args)
-                    except ValueError as err:  # a distribution built from NaN parameters
-                        if "invalid values" not in str(err):
-                            raise
-                        loss = math.nan
-                unconstrained = {site["value"].unconstrained() for site in params.trace.nodes.values()}
-                if not math.isfinite(loss):
-                    zero_grads(unconstrained)
-                    info["stopped"] = (f"svi: the ELBO loss became {loss} at step {step}; kept the last "
-                                       "finite state. Lower lr, standardise the data, or use "
-                                       "optimizer='clipped_adam'")
-                    break
-                optim(unconstrained)
+        losses = []
+        order = {"perm": torch.randperm(n, device=args[0].device)}
+
+        def step(t):
+            step_args = args
+            if minibatch:
+                start = (t * batch_size) % n
+                if start + batch_size > n:
+                    order["perm"], start = torch.randperm(n, device=args[0].device), 0
+                step_args = (*args, order["perm"][start:start + batch_size])
+            with poutine.trace(param_only=True) as params, per_example_noise():
+                try:
+                    loss = elbo.loss_and_grads(model, guide_run, *step_args)
+                except ValueError as err:  # a distribution built from NaN parameters
+                    if "invalid values" not in str(err):
+                        raise
+                    loss = math.nan
+            unconstrained = {site["value"].unconstrained() for site in params.trace.nodes.values()}
+            if not math.isfinite(loss):
                 zero_grads(unconstrained)
-                if isinstance(optim, pyro.optim.PyroLRScheduler):
-                    optim.step()
-                losses.append(loss / n)
-                if step % 50 == 0:
-                    bar.set_postfix(loss=f"{loss / n:.4g}")
-                bar.update()
-        except KeyboardInterrupt:
-            info["interrupted"] = f"svi: interrupted at step {len(losses)} of {num_steps}"
-        finally:
-            bar.close()
-        info["steps_done"] = len(losses)
-        samples = draw_from_guide(guide, args, sites, num_samples, zm.max_plate_nesting)
+                raise NonFinite(loss)
+            optim(unconstrained)
+            zero_grads(unconstrained)
+            if isinstance(optim, pyro.optim.PyroLRScheduler):
+                optim.step()
+            return loss / n
+
+        status = run_steps(num_steps, step, "svi", problem.progress, losses=losses,
+                           hint="lower lr, standardise the data, or use optimizer='clipped_adam'")
+        samples = draw_from_guide(guide, args, sites, problem.num_samples)
         params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
-        return FitResult({k: v.unsqueeze(0) for k, v in samples.items()}, loss=losses, params=params,
-                         info=info)
+        return FitResult({k: v.unsqueeze(0) for k, v in samples.items()}, status=status, loss=losses,
+                         params=params, info={"num_steps": num_steps, "batch_size": batch_size})
 
     def _num_steps(self, n, batch_size):
         if self.num_steps is not None and self.num_epochs is not None:

@@ -132,6 +132,7 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
         fit_defaults={"laplace": {"curvature": "fisher", "hessian": "diag", "prior_rounds": 3,
                                   "num_steps": 1500}},
         summary_sites=["precision"] if learns_noise else [],
+        vectorized=True,
     )
 
 

@@ -113,6 +113,7 @@ def _build(name, data, image_shape, channels, hidden, num_classes, prior_scale, 
         fit_defaults={"svi": {"batch_size": 128, "lr": 1e-3, "num_epochs": 5},
                       "laplace": LAST_LAYER_LAPLACE},
         num_samples=100, refused=nuts_refusal("LeNet", net.sites), last_layer=["w3", "b3"], predict_batch=64,
+        vectorized=True,
     )
 
 

@@ -223,4 +223,4 @@ def build_autoencoder(name: str, data, *, input_shape, latent_dim: int, hidden, 
                     validate=validator(name, input_shape, likelihood),
                     fit_defaults={"svi": dict(AE_SVI_DEFAULTS)}, refused=dict(REFUSED),
                     modules={"encoder": ae.encoder, "decoder": ae.decoder},
-                    autoencoder=ae)
+                    autoencoder=ae, vectorized=True)

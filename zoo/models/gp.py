@@ -239,7 +239,8 @@ def _build(name: str, x, widths, num_inducing, kernel: str, likelihood: str, con
     return ZooModel(gp.model, guides={"inducing": lambda zm: gp.guide}, config=config, validate=validate,
                     modules={"gp": gp}, local_latents=True, num_samples=100, predict_batch=256,
                     point_estimates=gp.hyperparameters, dims=gp.dims(),
-                    fit_defaults={"svi": {"lr": 0.05, "batch_size": 10000, "num_steps": 2000, "elbo": "meanfield"}})
+                    fit_defaults={"svi": {"lr": 0.05, "batch_size": 10000, "num_steps": 2000, "elbo": "meanfield"}},
+                    vectorized=True)
 
 
 @register_model("svgp", likelihood="f ~ GP(0, k); y ~ Normal(f, noise) | Bernoulli | Categorical", **CARD,

@@ -92,4 +92,4 @@ def gp_exact(*, data=None, kernel: str = "rbf") -> ZooModel:
     return ZooModel(gp.model, predictive=gp.predictive, config={"kernel": kernel},
                     validate=lambda args: check_inputs("gp-exact", args, x.shape[1]),
                     summary_sites=["lengthscale", "outputscale", "noise"], num_samples=200,
-                    dims={"lengthscale": ["input"]}, built_from=(x, y))
+                    dims={"lengthscale": ["input"]}, built_from=(x, y), vectorized=True)

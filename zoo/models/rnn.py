@@ -137,7 +137,7 @@ def _zoo_model(name, net, validate, config, dropout, fit_defaults):
                     validate=validate, init_loc_fn=init_at(net.sites, {"precision": 10.0}),
                     fit_defaults=fit_defaults, num_samples=100, refused=nuts_refusal("LSTM", net.sites),
                     last_layer=["w_out", "b_out"], predict_batch=256,
-                    summary_sites=["precision"] if regression else [])
+                    summary_sites=["precision"] if regression else [], vectorized=True)
 
 
 TEXT_DEFAULTS = {"svi": {"batch_size": 64, "lr": 3e-3, "num_epochs": 3},

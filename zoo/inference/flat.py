@@ -1,0 +1,120 @@
+"""The model's log density as a function of one flat vector of unconstrained latents, for a batch of
+such vectors: what Laplace, NUTS and the approximation diagnostics share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from pyro.distributions.transforms import biject_to
+
+from .draws import DrawRunner, choose_path, log_joint
+from .sites import Sites, is_sample, run_trace
+
+SCALAR = {"log_joint": torch.Size([])}
+
+
+class FlatLatents:
+    """Constrained values of the latent sites <-> one unconstrained vector per draw.
+
+    ``unpack(theta[..., D])`` gives ``{site: value[..., *shape]}`` and the log |Jacobian| of the map
+    (shape ``theta.shape[:-1]``); ``pack`` is its inverse. Site order is the model's.
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], transforms: dict):
+        self.names = list(shapes)
+        self.shapes = {n: tuple(s) for n, s in shapes.items()}
+        self.transforms = transforms
+        self.free_shapes = {n: tuple(transforms[n].inverse_shape(torch.Size(self.shapes[n]))) for n in self.names}
+        self.spans, start = {}, 0
+        for n in self.names:
+            size = math.prod(self.free_shapes[n])
+            self.spans[n] = (start, start + size)
+            start += size
+        self.dim = start
+
+    @classmethod
+    def from_trace(cls, trace, names) -> FlatLatents:
+        return cls({n: tuple(trace.nodes[n]["value"].shape) for n in names},
+                   {n: biject_to(trace.nodes[n]["fn"].support) for n in names})
+
+    def coordinates(self, names, device=None) -> torch.Tensor:
+        """Indices into the flat vector of the sites ``names``."""
+        return torch.cat([torch.arange(*self.spans[n], device=device) for n in names])
+
+    def split(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unconstrained values per site, (..., *free shape)."""
+        lead = theta.shape[:-1]
+        return {n: theta[..., a:b].reshape(tuple(lead) + self.free_shapes[n]) for n, (a, b) in self.spans.items()}
+
+    def unpack(self, theta: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        lead = theta.shape[:-1]
+        values, log_det = {}, torch.zeros(lead, device=theta.device)
+        for n, u in self.split(theta).items():
+            x = self.transforms[n](u)
+            values[n] = x
+            log_det = log_det + self.transforms[n].log_abs_det_jacobian(u, x).reshape(*lead, -1).sum(-1)
+        return values, log_det
+
+    def constrain(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.unpack(theta)[0]
+
+    def pack(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = []
+        for n in self.names:
+            u = self.transforms[n].inv(values[n])
+            lead = u.shape[:u.dim() - len(self.free_shapes[n])]
+            parts.append(u.reshape(*lead, -1))
+        return torch.cat(parts, -1)
+
+
+class LogDensity:
+    """``log_density(theta[B, D]) -> [B]``: log p(theta, y) in unconstrained coordinates (log |J| included),
+    vectorised over the B vectors by the model's path (``"plate"``, ``"vmap"`` or ``"loop"``).
+
+    ``indices`` evaluates the data term on those points of plate "data", scaled by N / B.
+    """
+
+    def __init__(self, model: Callable, args: tuple, sites: Sites, latents: FlatLatents, path: str):
+        self.model, self.args, self.sites, self.latents = model, args, sites, latents
+        self.runner = DrawRunner(model, sites, path)
+
+    def __call__(self, theta: torch.Tensor, indices=None) -> torch.Tensor:
+        single = theta.dim() == 1
+        theta = theta.unsqueeze(0) if single else theta
+        values, log_det = self.latents.unpack(theta)
+        total = self.runner.run(values, self.args, log_joint, indices, SCALAR)["log_joint"] + log_det
+        return total[0] if single else total
+
+    def value_and_grad(self, theta: torch.Tensor, indices=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log density and its gradient for each row of ``theta``."""
+        theta = theta.detach().requires_grad_(True)
+        value = self(theta, indices)
+        (grad,) = torch.autograd.grad(value.sum(), theta)
+        return value.detach(), grad
+
+
+def initial_point(model: Callable, args: tuple, sites: Sites,
+                  init_loc_fn: Callable) -> tuple[FlatLatents, torch.Tensor]:
+    """The flat map of the model's latents and the start ``init_loc_fn`` gives, as one vector."""
+    device = args[0].device if args and isinstance(args[0], torch.Tensor) else None
+    indices = torch.arange(2, device=device) if sites.subsamplable else None
+    trace = run_trace(model, args, init_loc_fn, indices)
+    names = [n for n in trace.nodes if n in sites.latent and is_sample(trace.nodes[n])]
+    latents = FlatLatents.from_trace(trace, names)
+    return latents, latents.pack({n: trace.nodes[n]["value"] for n in names}).detach()
+
+
+def decide_path(model: Callable, sites: Sites, args: tuple, init_loc_fn: Callable) -> str:
+    """How to run ``model`` over many draws (see :func:`zoo.inference.draws.choose_path`), checked at two
+    draws near the initial point, on a few points of plate "data" when the model can be subsampled."""
+    if not sites.latent:
+        return "plate"
+    latents, theta = initial_point(model, args, sites, init_loc_fn)
+    with torch.random.fork_rng(devices=[]):  # the check leaves the user's random stream alone
+        torch.manual_seed(0)
+        trial = theta + 0.3 * torch.randn(2, theta.numel(), device=theta.device)
+    rows = args[0].shape[0]
+    indices = torch.arange(min(rows, 16), device=theta.device) if sites.subsamplable else None
+    return choose_path(model, sites, args, latents.constrain(trial), indices)
