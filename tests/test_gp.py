@@ -41,7 +41,7 @@ def test_svgp_at_its_optimal_q_is_the_exact_gp(wave):
     params = {f"gp$$${k}": v.detach().clone() for k, v in zm.modules["gp"].named_parameters()}
     draws = zm.make_guide("inducing")
     sites = zoo.inference._base.Sites.of(zm.model, (x, y), allow_local=True)
-    samples = zoo.inference._base.draw_from_guide(draws, (x, y), sites, 20000)
+    samples, _ = zoo.inference._base.draw_from_guide(draws, (x, y), sites, 20000)
     post = zoo.Posterior(zm, {k: v.unsqueeze(0) for k, v in samples.items()}, method="svi", sites=sites,
                          params=params)
     x_test = torch.linspace(-3.5, 3.5, 9).unsqueeze(-1)

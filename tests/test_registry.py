@@ -5,10 +5,19 @@ from pyro import poutine
 
 import zoo
 from zoo._card import BACKENDS, TASKS
+from zoo.inference.sites import Sites, run_trace
 
 
 def small_data(card):
     """A tiny dataset (the model's arguments), its observed site and a tiny config for each model family."""
+    if card.family == "posteriordb":
+        args = zoo.datasets.load(card.name).args
+        return args, Sites.of(zoo.load(card.name).model, args).observed[0], {}
+    if card.family in ("glm", "hierarchical"):
+        x = torch.randn(24, 3)
+        y = {"logistic-regression": torch.randint(0, 2, (24,)).float(),
+             "poisson-regression": torch.poisson(torch.ones(24))}.get(card.name, torch.randn(24))
+        return ((x, torch.arange(24) % 4, y) if card.family == "hierarchical" else (x, y)), "y", {}
     if card.family == "autoencoder":
         return (torch.bernoulli(torch.rand(24, 12)),), "x", dict(latent_dim=2, hidden=[4])
     y = torch.randint(0, 3, (24,)) if card.task == "classification" else torch.randn(24)
@@ -36,10 +45,11 @@ def test_every_guide_traces_against_its_model(name):
     card = zoo.card(name)
     args, observed, options = small_data(card)
     zm = zoo.load(name, data=args, **options)
-    model_trace = poutine.trace(zm.model).get_trace(*args)
+    model_trace = run_trace(zm.model, args, zm.init_loc_fn)
     latent = {n for n, s in model_trace.nodes.items()
-              if s["type"] == "sample" and not s["is_observed"] and n != "data"}
-    assert model_trace.nodes[observed]["value"].shape[0] == 24
+              if s["type"] == "sample" and not s["is_observed"] and n != "data"
+              and not s["infer"].get("_deterministic")}
+    assert model_trace.nodes[observed]["value"].shape[0] == args[-1].shape[0]
     for guide_name in card.guides:
         pyro.clear_param_store()
         guide_trace = poutine.trace(zm.make_guide(guide_name)).get_trace(*args)

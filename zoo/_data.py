@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,14 +37,18 @@ class Split:
         return iter(self.args)
 
 
-def as_args(data, device=None, name: str = "data", inputs_only: bool = False) -> tuple[tuple, tuple[float, float]]:
+def as_args(data, device=None, name: str = "data", inputs_only: bool = False,
+            model=None) -> tuple[tuple, tuple[float, float]]:
     """The model arguments for ``data`` and the target scaling ``(y_mean, y_std)``.
 
     A :class:`Split` gives ``(x, y)``, or ``(x,)`` with ``inputs_only`` (models of x alone); a tuple or
-    list is passed through as it is; a single array is one argument. Arrays become tensors; every tensor
-    must be finite and all share their first dimension (the data plate).
+    list is passed through as it is; a dict names the arguments of ``model`` (those it leaves out take
+    their defaults); a single array is one argument. Arrays become tensors; every tensor must be finite
+    and all share their first dimension (the data plate).
     """
     scale = (0.0, 1.0)
+    if isinstance(data, dict):
+        data = by_name(data, model, name)
     if isinstance(data, Split):
         scale = (float(data.y_mean), float(data.y_std))
         data = (data.x,) if inputs_only else data.args
@@ -52,7 +57,8 @@ def as_args(data, device=None, name: str = "data", inputs_only: bool = False) ->
     elif not isinstance(data, (tuple, list)):
         raise ZooError(
             f"{name} must be a Split (e.g. zoo.datasets.load(...).train), a tuple of arrays "
-            f"(x, y) with observations last, or an array; got {type(data).__name__}"
+            f"(x, y) with observations last, a dict of the model's arguments by name, or an array; "
+            f"got {type(data).__name__}"
         )
     args = tuple(_as_tensor(a, i, name, device) for i, a in enumerate(data))
     rows = {a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0}
@@ -61,6 +67,26 @@ def as_args(data, device=None, name: str = "data", inputs_only: bool = False) ->
         raise ZooError(f"{name}: arrays disagree on the number of rows (shapes {shapes}); "
                        "every array needs one row per data point")
     return args, scale
+
+
+def by_name(data: dict, model, name: str = "data", every: bool = False) -> tuple:
+    """The positional arguments of ``model`` from a dict naming them, up to the last one named (``every``:
+    all of them); left-out ones take their defaults."""
+    if model is None:
+        raise ZooError(f"{name} given by name needs the model to order it; pass a tuple (x, y) instead")
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p for p in inspect.signature(model).parameters.values() if p.kind in kinds]
+    names = [p.name for p in params]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ZooError(f"{name}: {unknown} are not positional arguments of the model, which takes {names}")
+    last = len(names) - 1 if every else max((i for i, n in enumerate(names) if n in data), default=-1)
+    args = []
+    for p in params[:last + 1]:
+        if p.name not in data and p.default is inspect.Parameter.empty:
+            raise ZooError(f"{name} has no {p.name!r}, an argument of the model without a default")
+        args.append(data.get(p.name, p.default))
+    return tuple(args)
 
 
 def _as_tensor(a, i: int, name: str, device):

@@ -8,6 +8,8 @@ import torch
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide.initialization import init_to_median
 
+from ._errors import ZooError
+
 
 def feasible(init_loc_fn: Callable = init_to_median, only=None) -> Callable:
     """``init_loc_fn`` that also starts sites which cannot be sampled (flat priors such as
@@ -21,7 +23,12 @@ def feasible(init_loc_fn: Callable = init_to_median, only=None) -> Callable:
             return init_loc_fn(site)
         except NotImplementedError:
             fn = site["fn"]
-            transform = biject_to(fn.support)
+            try:
+                transform = biject_to(fn.support)
+            except NotImplementedError:
+                raise ZooError(f"site {site['name']!r} cannot be sampled and its support {fn.support} has no "
+                               "bijection to start it from; give it a proper prior, or an init_loc_fn that "
+                               "returns a value for it (zoo.ZooModel(model, init_loc_fn=...))") from None
             zero = torch.zeros(transform.inverse_shape(fn.batch_shape + fn.event_shape))
             return transform(zero.to(_device_of(fn))).detach()
 

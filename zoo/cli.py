@@ -125,6 +125,7 @@ def run_fit(args) -> None:
     idata.to_netcdf(str(out / "idata.nc"))
     print(f"{args.model} on {label} with {args.backend}: "
           + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f", wall {wall:.1f} s")
+    print(post.diagnose())
     small = post.model.summary_sites
     if small is None:
         small = [k for k, (shape, _) in post.sites.latent.items() if math.prod(shape) == 1]

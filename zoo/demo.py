@@ -43,6 +43,7 @@ def run_demo(name: str = "yacht", split: int = 0, out: Path = Path("runs/demo"),
                         title=f"bnn / {backend} on {name} split {split}")
         rows.append((backend, metrics["rmse"], metrics["test_ll"], seconds))
         print(f"  {backend:8s} done in {seconds:.1f} s", flush=True)
+        print("    " + str(post.diagnose()).replace("\n", "\n    "), flush=True)
     trace_plot(idatas["nuts"], ["precision"], out / "trace-nuts.png")
     print(f"\nbnn (1 hidden layer of 20) on UCI {name}, split {split}, test set of {len(data.test)} points")
     print(f"{'backend':10s}{'RMSE':>10s}{'test LL':>10s}{'time (s)':>10s}")

@@ -140,5 +140,20 @@ def stan_draws(samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def agreement(post, ref: Reference) -> dict[str, float]:
+    """How a posterior's draws (latent and deterministic sites) agree with the reference: the worst
+    |mean - reference mean| / reference sd and |sd - reference sd| / reference sd over the parameters."""
+    flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in {**post.samples, **post.deterministic}.items()}
+    draws = stan_draws(flat)
+    missing = sorted(set(ref.reference) - set(draws))
+    if missing:
+        raise ValueError(f"the posterior has no draws of {missing}")
+    mean = {k: abs(float(draws[k].mean()) - m) / sd for k, (m, sd) in ref.reference.items()}
+    spread = {k: abs(float(draws[k].std()) - sd) / sd for k, (m, sd) in ref.reference.items()}
+    return {"worst_mean": max(mean.values()), "worst_mean_param": max(mean, key=mean.get),
+            "worst_sd": max(spread.values()), "worst_sd_param": max(spread, key=spread.get),
+            "mean_error": mean, "sd_error": spread}
+
+
 for _name in ARGS:
     register_dataset(f"pdb-{_name}")(functools.partial(load_reference, _name))

@@ -16,10 +16,9 @@ from pyro import poutine
 from .._errors import ZooError, unknown_name
 from .flat import FlatLatents, LogDensity, initial_point
 from .loop import Status
-from .sites import DATA_PLATE, MinibatchIndices, Sites
+from .sites import MinibatchIndices, Sites, is_sample
 
 BACKENDS: dict[str, type] = {}
-__all__ = ["DATA_PLATE", "BACKENDS", "FitResult", "MinibatchIndices", "Problem", "Sites"]
 
 
 class Backend(Protocol):
@@ -86,22 +85,37 @@ class FitResult:
     loss: list[float] = field(default_factory=list)
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    log_q: torch.Tensor | None = None  # svi / laplace: log density of the approximation at each draw
 
 
-def draw_from_guide(guide: Callable, args: tuple, sites: Sites, num_samples: int) -> dict[str, torch.Tensor]:
-    """``num_samples`` draws of every latent site from ``guide``, one vectorised pass: (S, *shape).
+def draw_from_guide(guide: Callable, args: tuple, sites: Sites,
+                    num_samples: int) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """``num_samples`` draws of every latent site from ``guide``, one vectorised pass: (S, *shape), and
+    log q of each draw (S,) where q is a density over the latents (None for point masses, discrete
+    auxiliaries such as dropout masks, or per-point latents).
 
     With local latents the guide runs on one point: its global draws do not depend on the data, and
     S draws of every local latent of every point can outgrow memory (a 3-layer deep GP on protein).
     """
     if not sites.latent:  # per-point codes only: nothing global to draw
-        return {}
+        return {}, None
     one_point = MinibatchIndices(torch.zeros(1, dtype=torch.long, device=args[0].device))
-    with (torch.no_grad(), pyro.plate("_draws", num_samples, dim=-sites.max_plate_nesting - 1),
+    mpn = sites.max_plate_nesting
+    with (torch.no_grad(), pyro.plate("_draws", num_samples, dim=-mpn - 1),
           one_point if sites.local else contextlib.nullcontext()):
         trace = poutine.trace(guide).get_trace(*args)
-    return {name: trace.nodes[name]["value"].detach().reshape(num_samples, *shape)
-            for name, (shape, _) in sites.latent.items()}
+    samples = {name: trace.nodes[name]["value"].detach().reshape(num_samples, *shape)
+               for name, (shape, _) in sites.latent.items()}
+    guide_sites = [s for s in trace.nodes.values() if is_sample(s)]
+    degenerate = (sites.local or num_samples < 2 or any(s["fn"].support.is_discrete for s in guide_sites)
+                  or any(bool((v == v[:1]).all()) for v in samples.values()))
+    if degenerate:
+        return samples, None
+    log_q = torch.zeros(num_samples, device=args[0].device)
+    for site in guide_sites:
+        lp = site["fn"].log_prob(site["value"]).detach()
+        log_q = log_q + lp.reshape(lp.shape[:max(lp.dim() - mpn, 0)] + (-1,)).sum(-1).expand(num_samples)
+    return samples, log_q
 
 
 def on_minibatch(fn: Callable) -> Callable:

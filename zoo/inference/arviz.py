@@ -1,6 +1,9 @@
-"""Posterior -> arviz.InferenceData: the only place that knows ArviZ's API."""
+"""Posterior -> arviz.InferenceData, and the R-hat, ESS and PSIS helpers of diagnostics.py: the only place
+that knows ArviZ's API."""
 
 from __future__ import annotations
+
+import warnings
 
 import arviz as az
 import numpy as np
@@ -37,7 +40,7 @@ def to_inference_data(post, data=None, var_names=None) -> az.InferenceData:
         groups["sample_stats"] = stats
     coords = {}
     if data is not None:
-        args, _ = as_args(data)
+        args, _ = as_args(data, model=post.model.model)
         inputs = args[:len(args) - post.sites.num_targets]
         one = len(post.sites.observed) == 1
         for site in post.sites.observed:
@@ -100,3 +103,31 @@ def _with_loss(idata: az.InferenceData, post) -> az.InferenceData:
         else:
             idata.add_groups(sample_stats=xr.Dataset({"loss": loss}))
     return idata
+
+
+# --- diagnostics (zoo.inference.diagnostics calls ArviZ only through these) ---
+
+
+def convergence_stats(draws: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Rank-normalised split R-hat and bulk and tail ESS (Vehtari et al. 2021) of every entry of each
+    site; ``draws`` maps site -> array (chain, draw, ...). Returns site -> {"r_hat", "ess_bulk",
+    "ess_tail"}, each shaped like one draw. A chain without variance gives R-hat 0/0 or x/0: computed
+    quietly here (nan or a huge value come back), for the caller to report."""
+    if not draws:
+        return {}
+    dataset = az.convert_to_dataset({k: np.asarray(v, dtype=np.float64) for k, v in draws.items()})
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r_hat = az.rhat(dataset)
+        bulk, tail = az.ess(dataset, method="bulk"), az.ess(dataset, method="tail")
+    return {k: {"r_hat": r_hat[k].values, "ess_bulk": bulk[k].values, "ess_tail": tail[k].values}
+            for k in draws}
+
+
+def pareto_k(log_ratios: np.ndarray) -> tuple[float, float]:
+    """PSIS of iid draws from an approximation q (Yao, Vehtari, Simpson & Gelman 2018): the Pareto
+    k-hat of the ratios exp(log_ratios) = p / q, and the effective sample size of the smoothed weights.
+    ``log_ratios`` must be finite."""
+    with warnings.catch_warnings():  # the caller reports k-hat > 0.7 in its own words
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
+        log_weights, k = az.psislw(np.asarray(log_ratios, dtype=np.float64).ravel(), reff=1.0)
+    return float(k), float(1.0 / np.exp(2 * log_weights).sum())

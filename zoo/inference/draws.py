@@ -11,6 +11,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
+from .._errors import ZooError
 from .sites import MinibatchIndices, Sites, is_deterministic, is_sample
 
 PATHS = ("plate", "vmap", "loop")
@@ -57,6 +58,9 @@ class DrawRunner:
         num = next(iter(draws.values())).shape[0] if draws else 1
         if self.path == "plate":
             return self._plate(draws, num, args, extract, indices, shapes)
+        if num == 1:  # one draw (a sampler's potential): no batching machinery at all
+            out = self._single({k: v[0] for k, v in draws.items()}, args, extract, indices)
+            return {k: v.unsqueeze(0) for k, v in out.items()}
         if self.path == "vmap":
             try:
                 return self._vmap(draws, args, extract, indices)
@@ -137,7 +141,12 @@ def choose_path(model: Callable, sites: Sites, args: tuple, draws: dict, indices
 
     num = next(iter(draws.values())).shape[0]
     with torch.no_grad():
-        expected = DrawRunner(model, sites, "loop")._loop(draws, num, args, extract, indices)
+        try:
+            expected = DrawRunner(model, sites, "loop")._loop(draws, num, args, extract, indices)
+        except Exception as err:
+            raise ZooError(f"the model cannot be run with its latents set to one draw ({type(err).__name__}: "
+                           f"{err}); a model for zoo must accept any value of its latent sites (e.g. compute "
+                           "with the sampled value, not a fixed tensor of the same name)") from err
         for path in ("plate", "vmap"):
             runner = DrawRunner(model, sites, path)
             try:

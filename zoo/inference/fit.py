@@ -13,7 +13,7 @@ from .._data import as_args
 from .._errors import NonFiniteLossError, ZooError
 from .._model import ZooModel
 from ._base import Problem, check_positive, make_backend
-from .flat import decide_path
+from .flat import decide_path, importance_log_ratios
 from .posterior import Posterior, posterior_class
 from .sites import Sites
 
@@ -68,7 +68,7 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         raise ZooError(f"device={device!r} but torch sees no CUDA device; use device='cpu'")
     amortised = zm.autoencoder is not None
-    args, target_scale = as_args(data, device=device, inputs_only=amortised)
+    args, target_scale = as_args(data, device=device, inputs_only=amortised, model=zm.model)
     zm.validate(args)
     if seed is not None:
         pyro.set_rng_seed(seed)
@@ -86,6 +86,10 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     result = engine.fit(problem)
     elapsed = time.perf_counter() - start
     info = {**result.info, "vectorized": path, "status": result.status.to_json()}
+    if result.log_q is not None and result.samples:
+        log_ratio = importance_log_ratios(problem, result.samples, result.log_q)
+        if log_ratio is not None:
+            result.sample_stats["log_ratio"] = log_ratio.reshape(1, -1)
     post = posterior_class(zm)(zm, result.samples, method=engine.name, sites=sites,
                                sample_stats=result.sample_stats, loss=result.loss, params=result.params,
                                info=info, target_scale=target_scale, timings={"fit_s": elapsed},

@@ -118,3 +118,20 @@ def decide_path(model: Callable, sites: Sites, args: tuple, init_loc_fn: Callabl
     rows = args[0].shape[0]
     indices = torch.arange(min(rows, 16), device=theta.device) if sites.subsamplable else None
     return choose_path(model, sites, args, latents.constrain(trial), indices)
+
+
+# the PSIS check of an approximation costs one pass of the model per draw: kept to models this small
+PSIS_MAX_DIM = 5000
+
+
+def importance_log_ratios(problem, samples: dict, log_q: torch.Tensor, chunk: int = 256) -> torch.Tensor | None:
+    """log p(theta_s, y) - log q(theta_s) at each draw (both on the constrained scale), the raw material of
+    the PSIS diagnostic (Yao et al. 2018); None where the model is too big for the check."""
+    latents, density, _ = problem.flat()
+    if latents.dim > PSIS_MAX_DIM or problem.sites.local:
+        return None
+    flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in samples.items()}
+    theta = latents.pack(flat)
+    with torch.no_grad():
+        log_p = torch.cat([density(block) - latents.unpack(block)[1] for block in theta.split(chunk)])
+    return log_p - log_q.to(log_p.device)

@@ -12,11 +12,14 @@ import torch
 from .._errors import ZooError
 from ._base import FitResult, check_positive, lr_gamma, register_backend
 from .curvature import LaplaceTerms, exact_curvature, logdet_path, not_positive
-from .loop import Status, check_finite, converged, run_steps
+from .loop import Converged, NonFinite, Status, check_finite, converged, run_steps
 
 HESSIANS = ("full", "diag")
 CURVATURES = ("exact", "fisher")
 SUBSETS = ("all", "last-layer")
+OPTIMIZERS = ("auto", "lbfgs", "adam")
+LBFGS_MAX_DIM = 1000  # auto: L-BFGS on the full data for models up to this many latent coordinates
+LBFGS_CHUNK = 50  # L-BFGS iterations per step of the loop (num_steps counts iterations)
 
 
 @register_backend
@@ -42,7 +45,11 @@ class Laplace:
     prior_rounds : int
         With ``tune_prior``, rounds of (MAP under the current prior scale, then re-tune the scale);
         1 is post-hoc tuning, more move the MAP to the evidence-preferred prior.
-    num_steps, lr, lr_decay : MAP by Adam with an exponential schedule.
+    optimizer : {"auto", "lbfgs", "adam"}
+        How the MAP is found: L-BFGS (strong Wolfe line search, full batch; stops when the loss stops
+        changing), or Adam with an exponential schedule (``lr``, ``lr_decay``; minibatches). ``auto``: L-BFGS
+        for models of up to 1,000 latent coordinates without ``batch_size``, else Adam.
+    num_steps, lr, lr_decay : MAP iterations (L-BFGS or Adam steps); Adam's learning rate and schedule.
     batch_size : int, optional
         Minibatches for the MAP and blocks of points for the curvature (default: all points at
         once); needs a model that indexes its data with the indices of ``pyro.plate("data")``.
@@ -58,6 +65,7 @@ class Laplace:
     prior_rounds: int = 1
     num_steps: int = 3000
     batch_size: int | None = None
+    optimizer: str = "auto"
     lr: float = 1e-2
     lr_decay: float = 0.1
     fisher_samples: int = 4
@@ -92,12 +100,24 @@ class Laplace:
         precision = h_data + alpha * (h_normal if self.hessian == "diag" else torch.diag(h_normal))
         draws = theta.expand(problem.num_samples, -1).clone()
         draws[:, sub] = self._draw(theta[sub], precision, problem.num_samples)
-        samples = {k: v.unsqueeze(0) for k, v in joint.latents.constrain(draws).items()}
+        values, log_det = joint.latents.unpack(draws)
+        samples = {k: v.unsqueeze(0) for k, v in values.items()}
+        log_q = None  # over every latent, q is a density: log N(u; theta, H^-1) less log |J| (constrained scale)
+        if self.subset == "all":
+            log_q = _gaussian_log_density(draws - theta, precision, self.hessian) - log_det
         info = dict(hessian=self.hessian, curvature=self.curvature, subset=self.subset,
                     prior_precision_scale=alpha, log_marginal_likelihood=log_evidence,
                     num_parameters=len(sub), map_loss=losses[-1] if losses else float("nan"))
         params = {"laplace.loc": theta.detach(), "laplace.precision": precision.detach()}
-        return FitResult(samples, status=status, loss=losses, params=params, info=info)
+        return FitResult(samples, status=status, loss=losses, params=params, info=info, log_q=log_q)
+
+    def _optimizer(self, joint) -> str:
+        if self.optimizer not in OPTIMIZERS:
+            raise ZooError(f"laplace: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.optimizer != "auto":
+            return self.optimizer
+        small = joint.latents.dim <= LBFGS_MAX_DIM and joint.batch_size is None
+        return "lbfgs" if small else "adam"
 
     def _subset_sites(self, problem, names) -> list[str]:
         if self.subset == "all":
@@ -118,25 +138,52 @@ class Laplace:
                            "subset='last-layer' (or raise memory_limit_gb)")
 
     def _map(self, joint: LaplaceTerms, start, alpha: float, progress: bool, losses: list):
-        """Adam on the negative log joint per point, from ``start``; the last finite point and the status."""
+        """The MAP of the log joint from ``start`` (L-BFGS or Adam); the last finite point and the status."""
         theta = start.clone().requires_grad_(True)
-        optim = torch.optim.Adam([theta], lr=self.lr)
-        sched = torch.optim.lr_scheduler.ExponentialLR(optim, lr_gamma(self.lr_decay, self.num_steps))
-        first, previous = len(losses), {"theta": start}
+        lbfgs = self._optimizer(joint) == "lbfgs"
+        if lbfgs:
+            optim = _lbfgs(theta)
+        else:
+            optim = torch.optim.Adam([theta], lr=self.lr)
+            sched = torch.optim.lr_scheduler.ExponentialLR(optim, lr_gamma(self.lr_decay, self.num_steps))
+        first, previous, stalls = len(losses), {"theta": start}, [0]
 
-        def step(t):
+        def objective(t):
+            optim.zero_grad()
             loss = -joint.log_joint(theta, alpha, joint.minibatch(t)) / joint.num_points
             check_finite(loss.item())
-            optim.zero_grad()
             loss.backward()
+            return loss
+
+        def step(t):
+            if lbfgs:
+                previous["theta"] = theta.detach().clone()
+                loss = optim.step(lambda: objective(t)).item()
+                if not torch.isfinite(theta).all():
+                    raise NonFinite(float("nan"))
+                if len(losses) > first and abs(losses[-1] - loss) < 1e-7 * max(abs(loss), 1.0):
+                    stalls[0] += 1  # no progress: converged, or a line search lost in bad curvature
+                    if stalls[0] > 1 or float(theta.grad.abs().max()) < 1e-4:
+                        stalls[0] = -1  # converged
+                        raise Converged
+                    optim.__init__([theta], **optim.defaults)  # forget the history and go on once more
+                else:
+                    stalls[0] = 0
+                return loss
+            loss = objective(t)
             previous["theta"] = theta.detach().clone()  # the point that gave the last finite loss
             optim.step()
             sched.step()
             return loss.item()
 
-        status = run_steps(self.num_steps, step, "laplace MAP", progress, losses=losses)
+        steps = math.ceil(self.num_steps / LBFGS_CHUNK) if lbfgs else self.num_steps
+        status = run_steps(steps, step, "laplace MAP", progress, losses=losses)
         kept = previous["theta"] if status.stopped else theta.detach()
-        warning = converged(losses[first:], "laplace: the MAP")
+        if lbfgs:
+            warning = None if stalls[0] == -1 or not status.complete else (
+                f"laplace: L-BFGS had not converged after {self.num_steps} iterations; raise num_steps")
+        else:
+            warning = converged(losses[first:], "laplace: the MAP")
         if warning:
             status.warnings.append(warning + "; a Laplace fit around an unconverged MAP is poor")
         return kept, status
@@ -189,3 +236,18 @@ class Laplace:
         return (theta + offsets).float()
 
 
+
+
+def _lbfgs(theta):
+    return torch.optim.LBFGS([theta], lr=1.0, max_iter=LBFGS_CHUNK, history_size=50, line_search_fn="strong_wolfe",
+                             tolerance_grad=1e-9, tolerance_change=1e-14)
+
+
+def _gaussian_log_density(offsets, precision, structure) -> torch.Tensor:
+    """log N(offsets; 0, precision^-1) per row (float64 inside)."""
+    offsets, precision = offsets.double(), precision.double()
+    if structure == "diag":
+        quad, logdet = (offsets**2 * precision).sum(-1), precision.log().sum()
+    else:
+        quad, logdet = ((offsets @ precision) * offsets).sum(-1), torch.linalg.slogdet(precision)[1]
+    return (0.5 * (logdet - quad - offsets.shape[-1] * math.log(2 * math.pi))).float()

@@ -46,6 +46,10 @@ class NonFinite(Exception):
         self.value = value
 
 
+class Converged(Exception):
+    """Raised by a step when the optimisation has converged: the loop ends there, complete."""
+
+
 def run_steps(num_steps: int, step: Callable[[int], float | None], label: str, progress: bool,
               *, hint: str = "lower lr or standardise the data", postfix: Callable[[], dict] | None = None,
               losses: list | None = None) -> Status:
@@ -63,6 +67,9 @@ def run_steps(num_steps: int, step: Callable[[int], float | None], label: str, p
             except NonFinite as bad:
                 status.stopped = (f"{label}: the loss became {bad.value} at step {t}; kept the last finite "
                                   f"state. {hint[0].upper() + hint[1:]}")
+                break
+            except Converged:
+                status.num_steps = t
                 break
             status.steps_done += 1
             if loss is not None:

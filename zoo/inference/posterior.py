@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 
 from .. import metrics
-from .._data import Split, as_args
+from .._data import Split, as_args, by_name
 from .._errors import ZooError
 from .draws import DrawRunner
 from .loop import Status
@@ -128,7 +128,7 @@ class Posterior:
     def trace(self, data) -> tuple[poutine.Trace, tuple]:
         """The model run once over every draw under a vectorising plate, conditioned on ``data``
         (for models whose body broadcasts over draws; see ``info["vectorized"]``)."""
-        args, _ = as_args(data, device=self._device())
+        args, _ = as_args(data, device=self._device(), model=self.model.model)
         self.model.validate(args)
         self.model.load_params(self.params)
         flat = self.flat_samples()
@@ -180,7 +180,10 @@ class Posterior:
         return {k: parts[0][k] if k in FLAGS else torch.cat([p[k] for p in parts], 1) for k in parts[0]}
 
     def _inputs(self, x) -> tuple:
-        """The model's arguments for inputs ``x``: the observations set to None."""
+        """The model's arguments for inputs ``x`` (an array, a tuple, or a dict by name): the observations
+        set to None."""
+        if isinstance(x, dict):
+            x = by_name(x, self.model.model, "x", every=True)[:-self.sites.num_targets]
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
         args, _ = as_args((*inputs, *([None] * self.sites.num_targets)), device=self._device())
         return args
@@ -208,7 +211,7 @@ class Posterior:
     def log_likelihood(self, data, site: str | None = None) -> torch.Tensor:
         """Pointwise log p(y_i | theta_s) of ``site`` in original units, shape (draws, points...)."""
         site = self.site(site)
-        args, _ = as_args(data, device=self._device())
+        args, _ = as_args(data, device=self._device(), model=self.model.model)
         return self.pointwise_log_likelihood(self._summary(args, site, with_log_prob=True), site)
 
     def pointwise_log_likelihood(self, out: dict, site: str) -> torch.Tensor:
@@ -228,7 +231,7 @@ class Posterior:
         the data's original units, as in Hernandez-Lobato & Adams (2015) and Gal & Ghahramani (2016).
         """
         site = self.site(site)
-        args, (shift, scale) = as_args(data, device=self._device())
+        args, (shift, scale) = as_args(data, device=self._device(), model=self.model.model)
         if isinstance(data, Split) and (shift, scale) != self.target_scale:
             raise ZooError("evaluate: the data's target scaling differs from the training split's; "
                            "evaluate on a split of the same dataset load")
@@ -263,6 +266,12 @@ class Posterior:
         from .arviz import to_inference_data
 
         return to_inference_data(self, data, var_names)
+
+    def diagnose(self):
+        """R-hat, ESS, divergences and tree depth (nuts) or the PSIS k-hat of the approximation (svi, laplace)."""
+        from .diagnostics import diagnose
+
+        return diagnose(self)
 
     def save(self, path):
         """Write the posterior to folder ``path``: zoo.json, samples.pt, params.pt, posterior.nc."""

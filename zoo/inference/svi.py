@@ -16,7 +16,6 @@ from pyro.infer.util import zero_grads
 from .._errors import ZooError
 from ..models.noise import per_example_noise
 from ._base import (
-    DATA_PLATE,
     FitResult,
     check_positive,
     draw_from_guide,
@@ -25,6 +24,7 @@ from ._base import (
     register_backend,
 )
 from .loop import NonFinite, run_steps
+from .sites import DATA_PLATE
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
 JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}
@@ -124,10 +124,10 @@ class SVI:
 
         status = run_steps(num_steps, step, "svi", problem.progress, losses=losses,
                            hint="lower lr, standardise the data, or use optimizer='clipped_adam'")
-        samples = draw_from_guide(guide, args, sites, problem.num_samples)
+        samples, log_q = draw_from_guide(guide, args, sites, problem.num_samples)
         params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
         return FitResult({k: v.unsqueeze(0) for k, v in samples.items()}, status=status, loss=losses,
-                         params=params, info={"num_steps": num_steps, "batch_size": batch_size})
+                         params=params, info={"num_steps": num_steps, "batch_size": batch_size}, log_q=log_q)
 
     def _num_steps(self, n, batch_size):
         if self.num_steps is not None and self.num_epochs is not None:

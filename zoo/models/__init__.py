@@ -1,3 +1,3 @@
 """Built-in model families; importing this module registers them."""
 
-from . import autoencoders, bnn, cnn, gp, gp_exact, rnn, vae  # noqa: F401
+from . import autoencoders, bnn, cnn, glm, gp, gp_exact, posteriordb, rnn, vae  # noqa: F401

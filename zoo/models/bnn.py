@@ -130,7 +130,7 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
         # networks: a PSD curvature, a diagonal (the full NN predictive underfits), and the prior
         # scale moved to the evidence's choice before the final MAP
         fit_defaults={"laplace": {"curvature": "fisher", "hessian": "diag", "prior_rounds": 3,
-                                  "num_steps": 1500}},
+                                  "num_steps": 1500, "optimizer": "adam"}},
         summary_sites=["precision"] if learns_noise else [],
         vectorized=True,
     )

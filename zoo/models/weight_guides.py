@@ -19,7 +19,7 @@ from . import noise
 
 # Laplace for big networks: a full Gaussian over the output layer around a minibatch MAP
 LAST_LAYER_LAPLACE = {"subset": "last-layer", "hessian": "full", "curvature": "fisher", "batch_size": 256,
-                      "lr": 1e-3}
+                      "lr": 1e-3, "optimizer": "adam"}
 
 
 @dataclass(frozen=True)
