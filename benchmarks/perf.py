@@ -67,7 +67,7 @@ def nuts_gradient_ratio(data, jit):
     latents, theta = initial_point(model.model, (x, y), sites, model.init_loc_fn)
     density = LogDensity(model.model, (x, y), sites, latents, "plate")
     if jit:
-        density = torch.jit.trace(density, theta.clone(), check_trace=False)
+        density = torch.jit.trace(density.__call__, theta.clone(), check_trace=False)
 
     def zoo_grad():
         for _ in range(100):

@@ -45,7 +45,11 @@ def run(name: str, backend: str, seed: int) -> dict:
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", zoo.ZooWarning)
-        post = zoo.fit(zoo.load(f"pdb-{name}"), ref.args, backend, seed=seed, progress=False, **BACKENDS[backend])
+        try:
+            post = zoo.fit(zoo.load(f"pdb-{name}"), ref.args, backend, seed=seed, progress=False,
+                           **BACKENDS[backend])
+        except zoo.ZooError as err:  # a failed fit is a result too
+            return {"posterior": name, "backend": backend, "seed": seed, "error": str(err)}
     wall = time.perf_counter() - start
     row = {"posterior": name, "backend": backend, "seed": seed, "wall_s": round(wall, 1),
            "vectorized": post.info["vectorized"],
@@ -73,6 +77,9 @@ def summarise(rows: list[dict]) -> None:
              "Settings in benchmarks/posteriordb.py. Machine: " + platform.processor() + ", torch "
              + torch.__version__ + ", 1 thread.", "", head, "|" + "---|" * 10]
     for (name, backend), r in sorted(latest.items()):
+        if "error" in r:
+            lines.append(f"| {name} | {backend} | failed: {r['error']} |" + " |" * 7)
+            continue
         cells = [name, backend, f"{r['worst_mean']:.3f} ({r['worst_mean_param']})",
                  f"{r['worst_sd']:.3f} ({r['worst_sd_param']})", _fmt(r.get("max_r_hat"), 3),
                  _fmt(r.get("min_ess_bulk"), 0), str(r.get("divergences", "")), _fmt(r.get("pareto_k"), 2),

@@ -200,6 +200,22 @@ def keyword_data(x, y=None, *, scale=1.0):
         return pyro.sample("y", dist.Normal(x @ w, 0.5), obs=y)
 
 
+def eight_schools(sigma, y=None):
+    """Rubin's eight schools, non-centred, as NumPyro's getting-started guide writes it (site "obs", plate "J")."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+    with pyro.plate("J", len(sigma)):
+        theta_raw = pyro.sample("theta_raw", dist.Normal(0.0, 1.0))
+        theta = pyro.deterministic("theta", mu + tau * theta_raw)
+        return pyro.sample("obs", dist.Normal(theta, sigma), obs=y)
+
+
+def make_eight_schools(gen):
+    y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    sigma = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+    return (sigma, y), (sigma, y)
+
+
 def _seeded(make):
     return lambda seed=0: make(torch.Generator().manual_seed(seed))
 
@@ -218,4 +234,5 @@ CATALOGUE = [
     Entry("categorical", softmax, _seeded(make_softmax)),
     Entry("binomial", binomial, _seeded(make_binomial), ("w", 1.2)),
     Entry("keyword-data", keyword_data, _seeded(make_linear), ("w[0]", 1.5)),
+    Entry("eight-schools", eight_schools, _seeded(make_eight_schools), ("mu", 4.4)),  # NumPyro's posterior mean
 ]

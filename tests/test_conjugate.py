@@ -59,3 +59,11 @@ def test_laplace_evidence_is_exact_for_a_gaussian_model(linear_model, problem):
                    num_steps=1500, lr=0.05, seed=0)
     marginal = dist.MultivariateNormal(torch.zeros(40), x @ x.T * PRIOR**2 + NOISE**2 * torch.eye(40))
     assert post.info["log_marginal_likelihood"] == pytest.approx(float(marginal.log_prob(y)), abs=1e-2)
+
+
+def test_nuts_jit_draws_equal_eager_draws(linear_model, problem):
+    """TorchScript traces the same log density: with one seed the chains are the same chain."""
+    data, _, _ = problem
+    eager, traced = (zoo.fit(linear_model, data, "nuts", num_warmup=50, num_samples=50, num_chains=1, seed=3,
+                             jit=jit).flat_samples()["w"] for jit in (False, True))
+    assert torch.allclose(eager, traced, atol=1e-4)

@@ -46,7 +46,9 @@ def to_inference_data(post, data=None, var_names=None) -> az.InferenceData:
         for site in post.sites.observed:
             summary = post._summary(args, site, with_log_prob=True)
             observed, replicated = _observed(post, inputs, site, summary)
-            obs_dims = ["obs" if one else f"{site}_obs"] + [f"{site}_dim_{i}" for i in range(1, observed.ndim)]
+            # a variable named like its dim would become a coordinate (and its group empty): "obs" site -> "obs_dim_0"
+            first = "obs" if one and site != "obs" else f"{site}_dim_0"
+            obs_dims = [first] + [f"{site}_dim_{i}" for i in range(1, observed.ndim)]
             groups.setdefault("posterior_predictive", {})[site] = replicated.reshape(
                 chains, draws, *replicated.shape[1:])
             groups.setdefault("observed_data", {})[site] = observed

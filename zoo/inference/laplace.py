@@ -89,7 +89,14 @@ class Laplace:
             self._check_memory(len(sub))
         theta, alpha, losses, status = joint.initial, 1.0, [], Status()
         for _ in range(self.prior_rounds if self.tune_prior else 1):
-            theta, round_status = self._map(joint, theta, alpha, problem.progress, losses)
+            optimizer = self._optimizer(joint)
+            kept = len(losses)
+            theta_round, round_status = self._map(joint, theta, alpha, problem.progress, losses, optimizer)
+            if round_status.stopped and self.optimizer == "auto" and optimizer == "lbfgs":
+                # a line search that strays where the model is undefined: Adam's small steps do not
+                del losses[kept:]
+                theta_round, round_status = self._map(joint, theta, alpha, problem.progress, losses, "adam")
+            theta = theta_round
             status.merge(round_status)
             h_data = self._likelihood_curvature(joint, theta, sub) + exact_curvature(
                 lambda t: -joint.other_log_prior(joint.embed(theta, sub, t)), theta[sub], self.hessian)
@@ -137,10 +144,10 @@ class Laplace:
                            f"more than the {limit:.1f} GiB allowed; use hessian='diag' or "
                            "subset='last-layer' (or raise memory_limit_gb)")
 
-    def _map(self, joint: LaplaceTerms, start, alpha: float, progress: bool, losses: list):
+    def _map(self, joint: LaplaceTerms, start, alpha: float, progress: bool, losses: list, optimizer: str):
         """The MAP of the log joint from ``start`` (L-BFGS or Adam); the last finite point and the status."""
         theta = start.clone().requires_grad_(True)
-        lbfgs = self._optimizer(joint) == "lbfgs"
+        lbfgs = optimizer == "lbfgs"
         if lbfgs:
             optim = _lbfgs(theta)
         else:
@@ -150,7 +157,12 @@ class Laplace:
 
         def objective(t):
             optim.zero_grad()
-            loss = -joint.log_joint(theta, alpha, joint.minibatch(t)) / joint.num_points
+            try:
+                loss = -joint.log_joint(theta, alpha, joint.minibatch(t)) / joint.num_points
+            except ValueError as err:  # a distribution built from non-finite parameters
+                if "invalid values" not in str(err):
+                    raise
+                raise NonFinite(float("nan")) from None
             check_finite(loss.item())
             loss.backward()
             return loss

@@ -125,7 +125,7 @@ class NUTS:
         if self.jit:  # TorchScript is deprecated, but still halves a gradient here (benchmarks/perf.py)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                density = torch.jit.trace(density, theta0.clone(), check_trace=False)
+                density = torch.jit.trace(density.__call__, theta0.clone(), check_trace=False)
         kernel = pyro_mcmc.NUTS(potential_fn=lambda z: -density(z["theta"]), target_accept_prob=self.target_accept,
                                 max_tree_depth=self.max_tree_depth)
         kernel.initial_params = {"theta": theta0}
