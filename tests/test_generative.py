@@ -9,7 +9,7 @@ from pyro.infer import Trace_ELBO
 
 import zoo
 from zoo.models.corruption import corruption, gaussian, masking, salt_and_pepper
-from zoo.models.noise import per_example_noise
+from zoo._noise import per_example_noise
 
 
 @pytest.fixture(scope="module")

@@ -56,11 +56,11 @@ class DrawRunner:
     def run(self, draws: dict, args: tuple, extract: Extract, indices=None, shapes=None) -> dict[str, torch.Tensor]:
         """``shapes``: the shape of each output at one draw, when known (else one single-draw run finds it)."""
         num = next(iter(draws.values())).shape[0] if draws else 1
-        if self.path == "plate":
-            return self._plate(draws, num, args, extract, indices, shapes)
-        if num == 1:  # one draw (a sampler's potential): no batching machinery at all
+        if num == 1:  # one draw (a sampler's potential, a MAP step): no batching machinery at all
             out = self._single({k: v[0] for k, v in draws.items()}, args, extract, indices)
             return {k: v.unsqueeze(0) for k, v in out.items()}
+        if self.path == "plate":
+            return self._plate(draws, num, args, extract, indices, shapes)
         if self.path == "vmap":
             try:
                 return self._vmap(draws, args, extract, indices)

@@ -13,7 +13,6 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from .._data import as_args
 from .._errors import ZooError
-from ..models.encoder_decoder import check_inputs
 from .posterior import Posterior
 
 # rows (points x importance samples) per vectorised pass: bounded memory for any k
@@ -64,7 +63,7 @@ class GenerativePosterior(Posterior):
         if scored:
             self.model.validate(args)
         else:
-            check_inputs(self.model.name, args, self.net.input_shape)
+            self.net.check_inputs(self.model.name, args)
         return self.net.flat(args[0])
 
     def _shaped(self, flat: torch.Tensor) -> torch.Tensor:

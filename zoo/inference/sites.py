@@ -51,8 +51,7 @@ class Sites:
     trailing ``num_targets`` arguments feed, in the order they appear (one argument may feed several).
     ``local``: per-point latents inside plate "data" that the model's own guides draw (name -> event
     shape). ``deterministic``: global ``pyro.deterministic`` sites (name -> shape), shown beside the
-    latents. ``pointwise``: observed site -> whether it lies in a plate, so that it has a log-likelihood
-    per point. ``max_plate_nesting``: the batch dims the model uses, so draws go to the left of them.
+    latents. ``max_plate_nesting``: the batch dims the model uses, so draws go to the left of them.
     ``subsamplable``: the model indexes its data with the indices of plate "data".
     """
 
@@ -60,7 +59,6 @@ class Sites:
     observed: list[str]
     local: dict[str, tuple[int, ...]] = field(default_factory=dict)
     deterministic: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    pointwise: dict[str, bool] = field(default_factory=dict)
     num_targets: int = 1
     max_plate_nesting: int = 1
     subsamplable: bool = False
@@ -70,7 +68,7 @@ class Sites:
            allow_local: bool = False, max_plate_nesting: int = 1) -> Sites:
         with torch.random.fork_rng(devices=[]):  # probing leaves the user's random stream alone
             trace, subsamplable = probe_trace(model, args, init_loc_fn)
-        latent, observed, local, deterministic, pointwise = {}, [], {}, {}, {}
+        latent, observed, local, deterministic = {}, [], {}, {}
         nesting = max_plate_nesting
         for name, site in trace.nodes.items():
             if not is_sample(site):
@@ -84,7 +82,6 @@ class Sites:
             elif site["is_observed"]:
                 if not site["infer"].get("is_auxiliary"):  # pyro.factor terms are part of the density only
                     observed.append(name)
-                    pointwise[name] = bool(frames)
             elif not in_data:
                 latent[name] = (tuple(site["value"].shape), site["fn"].event_dim)
             elif allow_local:
@@ -99,22 +96,20 @@ class Sites:
                            "argument and use pyro.sample(..., obs=y)")
         with torch.random.fork_rng(devices=[]):
             targets, num_targets = _targets(model, args, init_loc_fn, observed, subsamplable, set(latent))
-        return cls(latent, targets, local, deterministic, {k: pointwise[k] for k in targets}, num_targets,
-                   nesting, subsamplable)
+        return cls(latent, targets, local, deterministic, num_targets, nesting, subsamplable)
 
     def to_json(self) -> dict:
         return {"latent": {k: [list(s), e] for k, (s, e) in self.latent.items()}, "observed": self.observed,
                 "local": {k: list(s) for k, s in self.local.items()},
                 "deterministic": {k: list(s) for k, s in self.deterministic.items()},
-                "pointwise": self.pointwise, "num_targets": self.num_targets,
+                "num_targets": self.num_targets,
                 "max_plate_nesting": self.max_plate_nesting, "subsamplable": self.subsamplable}
 
     @classmethod
     def from_json(cls, meta: dict) -> Sites:
         return cls({k: (tuple(s), e) for k, (s, e) in meta["latent"].items()}, meta["observed"],
                    {k: tuple(s) for k, s in meta.get("local", {}).items()},
-                   {k: tuple(s) for k, s in meta.get("deterministic", {}).items()},
-                   meta.get("pointwise", {k: True for k in meta["observed"]}), meta.get("num_targets", 1),
+                   {k: tuple(s) for k, s in meta.get("deterministic", {}).items()}, meta.get("num_targets", 1),
                    meta.get("max_plate_nesting", 1), meta.get("subsamplable", False))
 
 

@@ -14,7 +14,7 @@ from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceM
 from pyro.infer.util import zero_grads
 
 from .._errors import ZooError
-from ..models.noise import per_example_noise
+from .._noise import per_example_noise
 from ._base import (
     FitResult,
     check_positive,

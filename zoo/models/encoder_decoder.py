@@ -20,10 +20,10 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive, Permu
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
+from .. import _noise as noise
 from .._data import training_arrays
 from .._errors import ZooError
 from .._model import ZooModel
-from . import noise
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
 PRIORS = ("normal", "laplace")
@@ -106,6 +106,10 @@ class AutoEncoder(nn.Module):
     Every point has its own code ``z`` in plate ``"data"``, so minibatches subsample codes and data
     together. The networks' weights are point estimates (``pyro.module``), as in a standard VAE.
     """
+
+    def check_inputs(self, name: str, args: tuple) -> torch.Tensor:
+        """``args[0]`` checked against the input shape the networks were built for (any values)."""
+        return check_inputs(name, args, self.input_shape)
 
     def __init__(self, input_shape, latent_dim, hidden, activation, likelihood, sigma, prior, prior_scale,
                  num_flows=0, flow_hidden=100, corruption: Callable | None = None, decoder_hidden=None):

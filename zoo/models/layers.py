@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-from . import noise
+from .. import _noise as noise
 
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu}
 

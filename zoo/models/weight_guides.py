@@ -15,7 +15,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from . import noise
+from .. import _noise as noise
 
 # Laplace for big networks: a full Gaussian over the output layer around a minibatch MAP
 LAST_LAYER_LAPLACE = {"subset": "last-layer", "hessian": "full", "curvature": "fisher", "batch_size": 256,
