@@ -8,8 +8,8 @@ import torch
 from pyro.infer import Trace_ELBO
 
 import zoo
-from zoo.models.corruption import corruption, gaussian, masking, salt_and_pepper
 from zoo._noise import per_example_noise
+from zoo.models.corruption import corruption, gaussian, masking, salt_and_pepper
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import zoo
+from zoo import _noise as noise
 from zoo.inference.posterior import Posterior
-from zoo.models import noise
 from zoo.models.layers import conv2d, dense
 
 TINY_CNN = dict(channels=[2, 3], hidden=6)

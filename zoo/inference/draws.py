@@ -4,6 +4,7 @@ by ``torch.func.vmap`` otherwise, by a loop over draws last. The choice is check
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import pyro
@@ -150,8 +151,10 @@ def choose_path(model: Callable, sites: Sites, args: tuple, draws: dict, indices
         for path in ("plate", "vmap"):
             runner = DrawRunner(model, sites, path)
             try:
-                got = (runner._plate(draws, num, args, extract, indices, None) if path == "plate"
-                       else runner._vmap(draws, args, extract, indices))
+                with warnings.catch_warnings():  # what a trial run warns of (x.T on a batch) is not the user's
+                    warnings.simplefilter("ignore")
+                    got = (runner._plate(draws, num, args, extract, indices, None) if path == "plate"
+                           else runner._vmap(draws, args, extract, indices))
             except Exception:  # this path cannot run the model: try the next
                 continue
             if all(got[k].shape == e.shape and torch.allclose(got[k], e, rtol=RTOL, atol=ATOL)
