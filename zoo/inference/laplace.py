@@ -191,6 +191,8 @@ class Laplace:
         steps = math.ceil(self.num_steps / LBFGS_CHUNK) if lbfgs else self.num_steps
         status = run_steps(steps, step, "laplace MAP", progress, losses=losses)
         kept = previous["theta"] if status.stopped else theta.detach()
+        if lbfgs and status.complete:
+            kept = _newton_polish(lambda t: -joint.log_joint(t, alpha) / joint.num_points, kept)
         if lbfgs:
             warning = None if stalls[0] == -1 or not status.complete else (
                 f"laplace: L-BFGS had not converged after {self.num_steps} iterations; raise num_steps")
@@ -248,6 +250,31 @@ class Laplace:
         return (theta + offsets).float()
 
 
+
+
+def _newton_polish(loss_fn, theta, max_steps: int = 20):
+    """Newton steps from ``theta`` while they lower the loss: float32 L-BFGS can stall short of the mode of
+    an ill-conditioned posterior (an intercept beside unscaled predictors), where the exact Hessian of a
+    small model still points the way. Stops at a Hessian that is not positive definite."""
+    loss = float(loss_fn(theta))
+    for _ in range(max_steps):
+        t = theta.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(t), t)
+        if float(grad.abs().max()) < 1e-7:
+            break
+        chol, bad = torch.linalg.cholesky_ex(exact_curvature(loss_fn, theta, "full").double())
+        if bad:
+            break
+        step = torch.cholesky_solve(grad.double().unsqueeze(-1), chol).squeeze(-1).to(theta.dtype)
+        for scale in (1.0, 0.5, 0.25, 0.125):
+            trial = theta - scale * step
+            value = float(loss_fn(trial))
+            if value < loss:
+                break
+        else:
+            break
+        theta, loss = trial.detach(), value
+    return theta
 
 
 def _lbfgs(theta):
