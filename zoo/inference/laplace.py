@@ -47,8 +47,9 @@ class Laplace:
         1 is post-hoc tuning, more move the MAP to the evidence-preferred prior.
     optimizer : {"auto", "lbfgs", "adam"}
         How the MAP is found: L-BFGS (strong Wolfe line search, full batch; stops when the loss stops
-        changing; then Newton steps on the exact Hessian while they lower the loss), or Adam with an exponential schedule (``lr``, ``lr_decay``; minibatches). ``auto``: L-BFGS
-        for models of up to 1,000 latent coordinates without ``batch_size``, else Adam.
+        changing; then Newton steps on the exact Hessian while they lower the loss), or Adam with an
+        exponential schedule (``lr``, ``lr_decay``; minibatches). ``auto``: L-BFGS for models of up to
+        1,000 latent coordinates without ``batch_size``, else Adam.
     num_steps, lr, lr_decay : MAP iterations (L-BFGS or Adam steps); Adam's learning rate and schedule.
     batch_size : int, optional
         Minibatches for the MAP and blocks of points for the curvature (default: all points at
