@@ -9,6 +9,7 @@ import torch
 from pyro import poutine
 
 import zoo
+from zoo.inference._base import Problem
 from zoo.inference.flat import decide_path
 from zoo.inference.sites import Sites, is_sample
 
@@ -225,7 +226,7 @@ def test_cards_guides_config_and_vectorised_body(name):
             assert guide_trace.nodes[site]["value"].shape == model_trace.nodes[site]["value"].shape
     sites = Sites.of(zm.model, args, init_loc_fn=zm.init_loc_fn)
     assert sites.subsamplable and sites.observed == ["y"]
-    assert decide_path(zm.model, sites, args, zm.init_loc_fn) == "plate"  # broadcasts over draws
+    assert decide_path(Problem(zm.model, args, sites, 10, False, zm.init_loc_fn)) == "plate"  # broadcasts over draws
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from pyro import poutine
 from .._errors import ZooError, unknown_name
 from .flat import FlatLatents, LogDensity, initial_point
 from .loop import Status
-from .sites import MinibatchIndices, Sites, is_sample
+from .sites import MinibatchIndices, Sites, is_sample, on_points
 
 BACKENDS: dict[str, type] = {}
 
@@ -68,7 +67,7 @@ class Problem:
     _flat: tuple | None = field(default=None, repr=False)
 
     def flat(self) -> tuple[FlatLatents, LogDensity, torch.Tensor]:
-        """The flat map of the latents, the log density over it, and the initial point (built once)."""
+        """The flat map of the latents, the log density over it (on ``path``), and the initial point."""
         if self._flat is None:
             latents, theta = initial_point(self.model, self.args, self.sites, self.init_loc_fn)
             self._flat = latents, LogDensity(self.model, self.args, self.sites, latents, self.path), theta
@@ -99,11 +98,10 @@ def draw_from_guide(guide: Callable, args: tuple, sites: Sites,
     """
     if not sites.latent:  # per-point codes only: nothing global to draw
         return {}, None
-    one_point = MinibatchIndices(torch.zeros(1, dtype=torch.long, device=args[0].device))
+    one_point = torch.zeros(1, dtype=torch.long, device=args[0].device) if sites.local else None
     mpn = sites.max_plate_nesting
-    with (torch.no_grad(), pyro.plate("_draws", num_samples, dim=-mpn - 1),
-          one_point if sites.local else contextlib.nullcontext()):
-        trace = poutine.trace(guide).get_trace(*args)
+    with torch.no_grad(), pyro.plate("_draws", num_samples, dim=-mpn - 1):
+        trace = poutine.trace(on_points(guide, one_point)).get_trace(*args)
     samples = {name: trace.nodes[name]["value"].detach().reshape(num_samples, *shape)
                for name, (shape, _) in sites.latent.items()}
     guide_sites = [s for s in trace.nodes.values() if is_sample(s)]

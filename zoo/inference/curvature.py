@@ -10,7 +10,7 @@ import torch
 from pyro import poutine
 
 from .._errors import ZooError
-from .sites import DATA_PLATE, MinibatchIndices, is_deterministic, is_sample
+from .sites import DATA_PLATE, is_deterministic, is_sample, on_points, without_targets
 
 
 class LaplaceTerms:
@@ -112,7 +112,7 @@ class LaplaceTerms:
         args = self.args
         if observed is not None:
             values = {**values, **observed}
-            args = (*args[:len(args) - self.sites.num_targets], *([None] * self.sites.num_targets))
+            args = without_targets(args, self.sites)
         trace = _trace(self.problem.model, values, args, indices)
         return torch.cat([trace.nodes[n]["fn"].log_prob(trace.nodes[n]["value"]).reshape(-1)
                           for n in self.sites.observed])
@@ -123,8 +123,8 @@ class LaplaceTerms:
     @torch.no_grad()
     def simulate(self, theta, indices=None) -> dict[str, torch.Tensor]:
         """Observations drawn from the model at ``theta`` (for the Monte Carlo Fisher)."""
-        args = (*self.args[:len(self.args) - self.sites.num_targets], *([None] * self.sites.num_targets))
-        trace = _trace(self.problem.model, self.latents.constrain(theta), args, indices)
+        trace = _trace(self.problem.model, self.latents.constrain(theta), without_targets(self.args, self.sites),
+                       indices)
         return {n: trace.nodes[n]["value"] for n in self.sites.observed}
 
 
@@ -133,11 +133,7 @@ def _in_data(site) -> bool:
 
 
 def _trace(model, values, args, indices):
-    run = poutine.condition(model, values)
-    if indices is None:
-        return poutine.trace(run).get_trace(*args)
-    with MinibatchIndices(indices):
-        return poutine.trace(run).get_trace(*args)
+    return poutine.trace(on_points(poutine.condition(model, values), indices)).get_trace(*args)
 
 
 def logdet_path(h_data, d, structure):

@@ -13,7 +13,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
 from .._errors import ZooError
-from .sites import MinibatchIndices, Sites, is_deterministic, is_sample
+from .sites import Sites, is_deterministic, is_sample, on_points
 
 PATHS = ("plate", "vmap", "loop")
 # a per-draw output of the vectorised run must match the single-draw runs to this
@@ -32,14 +32,15 @@ class _SampleWithoutRsample(Messenger):
             msg["value"] = msg["fn"].sample()
 
 
-def _with_indices(fn, indices):
-    def run(*args):
-        if indices is None:
-            return fn(*args)
-        with MinibatchIndices(indices):
-            return fn(*args)
-
-    return run
+def plate_values(draws: dict, sites: Sites, num: int) -> dict:
+    """Each draw ``(S, *shape)`` as ``(S, 1..., *shape)``: its batch dims line up with a plate of draws at
+    ``dim=-max_plate_nesting - 1``, left of every plate of the model."""
+    mpn = sites.max_plate_nesting
+    values = {}
+    for name, value in draws.items():
+        shape, event_dim = sites.latent[name]
+        values[name] = value.reshape(num, *([1] * (mpn - (len(shape) - event_dim))), *shape)
+    return values
 
 
 class DrawRunner:
@@ -66,12 +67,11 @@ class DrawRunner:
             try:
                 return self._vmap(draws, args, extract, indices)
             except Exception:  # e.g. a distribution that vmap cannot sample: the loop is always right
-                pass
+                return self._loop(draws, num, args, extract, indices)
         return self._loop(draws, num, args, extract, indices)
 
     def _single(self, draw: dict, args, extract, indices):
-        conditioned = _with_indices(poutine.condition(self.model, draw), indices)
-        trace = poutine.trace(conditioned).get_trace(*args)
+        trace = poutine.trace(on_points(poutine.condition(self.model, draw), indices)).get_trace(*args)
         return extract(trace, lambda t: t.sum())
 
     def _loop(self, draws, num, args, extract, indices):
@@ -87,17 +87,12 @@ class DrawRunner:
 
     def _plate(self, draws, num, args, extract, indices, shapes=None):
         mpn = self.sites.max_plate_nesting
-        cond = {}
-        for name, value in draws.items():
-            shape, event_dim = self.sites.latent[name]
-            pad = mpn - (len(shape) - event_dim)
-            cond[name] = value.reshape(num, *([1] * pad), *shape)
 
         def reduce(t):
             t = t.reshape(t.shape[:max(t.dim() - mpn, 0)] + (-1,)).sum(-1)
             return t.expand(num) if t.dim() == 0 else t.reshape(num)
 
-        conditioned = _with_indices(poutine.condition(self.model, cond), indices)
+        conditioned = on_points(poutine.condition(self.model, plate_values(draws, self.sites, num)), indices)
         with pyro.plate("_draws", num, dim=-mpn - 1):
             trace = poutine.trace(conditioned).get_trace(*args)
         out = extract(trace, reduce)

@@ -79,9 +79,9 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     progress = sys.stderr.isatty() if progress is None else progress
     sites = Sites.of(zm.model, args, init_loc_fn=zm.init_loc_fn, allow_local=zm.local_latents,
                      max_plate_nesting=zm.max_plate_nesting)
-    path = "plate" if zm.vectorized else decide_path(zm.model, sites, args, zm.init_loc_fn)
-    problem = Problem(zm.model, args, sites, num_samples, progress, zm.init_loc_fn, path,
+    problem = Problem(zm.model, args, sites, num_samples, progress, zm.init_loc_fn,
                       make_guide=zm.make_guide, last_layer=zm.last_layer)
+    problem.path = path = "plate" if zm.vectorized else decide_path(problem)
     start = time.perf_counter()
     result = engine.fit(problem)
     elapsed = time.perf_counter() - start

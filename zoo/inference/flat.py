@@ -106,12 +106,14 @@ def initial_point(model: Callable, args: tuple, sites: Sites,
     return latents, latents.pack({n: trace.nodes[n]["value"] for n in names}).detach()
 
 
-def decide_path(model: Callable, sites: Sites, args: tuple, init_loc_fn: Callable) -> str:
-    """How to run ``model`` over many draws (see :func:`zoo.inference.draws.choose_path`), checked at two
-    draws near the initial point, on a few points of plate "data" when the model can be subsampled."""
+def decide_path(problem) -> str:
+    """How to run the problem's model over many draws (see :func:`zoo.inference.draws.choose_path`), checked
+    at two draws near its initial point, on a few points of plate "data" when the model can be subsampled."""
+    model, sites, args = problem.model, problem.sites, problem.args
     if not sites.latent:
         return "plate"
-    latents, theta = initial_point(model, args, sites, init_loc_fn)
+    # its own start: init_loc_fn may draw (init_to_median), and the fit's start is drawn after this check
+    latents, theta = initial_point(model, args, sites, problem.init_loc_fn)
     with torch.random.fork_rng(devices=[]):  # the check leaves the user's random stream alone
         torch.manual_seed(0)
         trial = theta + 0.3 * torch.randn(2, theta.numel(), device=theta.device)

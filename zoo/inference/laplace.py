@@ -154,7 +154,7 @@ class Laplace:
         else:
             optim = torch.optim.Adam([theta], lr=self.lr)
             sched = torch.optim.lr_scheduler.ExponentialLR(optim, lr_gamma(self.lr_decay, self.num_steps))
-        first, previous, stalls = len(losses), {"theta": start}, [0]
+        first, previous, stalls = len(losses), start, 0
 
         def objective(t):
             optim.zero_grad()
@@ -169,33 +169,33 @@ class Laplace:
             return loss
 
         def step(t):
+            nonlocal optim, previous, stalls
             if lbfgs:
-                previous["theta"] = theta.detach().clone()
+                previous = theta.detach().clone()
                 loss = optim.step(lambda: objective(t)).item()
                 if not torch.isfinite(theta).all():
                     raise NonFinite(float("nan"))
                 if len(losses) > first and abs(losses[-1] - loss) < 1e-7 * max(abs(loss), 1.0):
-                    stalls[0] += 1  # no progress: converged, or a line search lost in bad curvature
-                    if stalls[0] > 1 or float(theta.grad.abs().max()) < 1e-4:
-                        stalls[0] = -1  # converged
+                    stalls += 1  # no progress: converged, or a line search lost in bad curvature
+                    if stalls > 1 or float(theta.grad.abs().max()) < 1e-4:
                         raise Converged
-                    optim.__init__([theta], **optim.defaults)  # forget the history and go on once more
+                    optim = _lbfgs(theta)  # forget the history and go on once more
                 else:
-                    stalls[0] = 0
+                    stalls = 0
                 return loss
             loss = objective(t)
-            previous["theta"] = theta.detach().clone()  # the point that gave the last finite loss
+            previous = theta.detach().clone()  # the point that gave the last finite loss
             optim.step()
             sched.step()
             return loss.item()
 
         steps = math.ceil(self.num_steps / LBFGS_CHUNK) if lbfgs else self.num_steps
         status = run_steps(steps, step, "laplace MAP", progress, losses=losses)
-        kept = previous["theta"] if status.stopped else theta.detach()
+        kept = previous if status.stopped else theta.detach()
         if lbfgs and status.complete:
             kept = _newton_polish(lambda t: -joint.log_joint(t, alpha) / joint.num_points, kept)
-        if lbfgs:
-            warning = None if stalls[0] == -1 or not status.complete else (
+        if lbfgs:  # a Converged signal ends the loop before its last step
+            warning = None if not status.complete or status.steps_done < steps else (
                 f"laplace: L-BFGS had not converged after {self.num_steps} iterations; raise num_steps")
         else:
             warning = converged(losses[first:], "laplace: the MAP")

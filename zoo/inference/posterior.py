@@ -13,7 +13,7 @@ from pyro import poutine
 from .. import metrics
 from .._data import Split, as_args, by_name
 from .._errors import ZooError
-from .draws import DrawRunner
+from .draws import DrawRunner, plate_values
 from .loop import Status
 from .sites import Sites
 
@@ -50,6 +50,15 @@ def _class_probs(fn) -> torch.Tensor | None:
 FLAGS = ("continuous", "pointwise")  # per-site facts in a summary, not per-point values
 
 
+def _moments(fn, shape) -> dict:
+    """Mean and variance of ``fn`` broadcast to ``shape``; none for a distribution without them (then
+    predictions summarise the samples)."""
+    try:
+        return {"mean": fn.mean.expand(shape), "variance": fn.variance.expand(shape)}
+    except NotImplementedError:
+        return {}
+
+
 def _continuous(fn) -> bool:
     return not fn.support.is_discrete
 
@@ -64,13 +73,7 @@ def site_summary(name: str, with_log_prob: bool):
         shape = torch.broadcast_shapes(value.shape, fn.batch_shape + fn.event_shape)
         out = {"value": value.expand(shape).to(torch.get_default_dtype())}
         probs = _class_probs(fn)
-        if probs is not None:
-            out["probs"] = probs
-        else:
-            try:
-                out["mean"], out["variance"] = fn.mean.expand(shape), fn.variance.expand(shape)
-            except NotImplementedError:
-                pass
+        out.update({"probs": probs} if probs is not None else _moments(fn, shape))
         if with_log_prob:
             out["log_prob"] = fn.log_prob(value)
         out["continuous"] = torch.tensor(float(_continuous(fn)))
@@ -131,14 +134,9 @@ class Posterior:
         args, _ = as_args(data, device=self._device(), model=self.model.model)
         self.model.validate(args)
         self.model.load_params(self.params)
-        flat = self.flat_samples()
         draws = self.num_chains * self.num_draws
-        mpn = self.sites.max_plate_nesting
-        cond = {}
-        for name, (shape, event_dim) in self.sites.latent.items():
-            pad = mpn - (len(shape) - event_dim)
-            cond[name] = flat[name].reshape(draws, *([1] * pad), *shape)
-        with torch.no_grad(), pyro.plate("_draws", draws, dim=-mpn - 1):
+        cond = plate_values(self.flat_samples(), self.sites, draws)
+        with torch.no_grad(), pyro.plate("_draws", draws, dim=-self.sites.max_plate_nesting - 1):
             return poutine.trace(poutine.condition(self.model.predictive, cond)).get_trace(*args), args
 
     def _device(self):

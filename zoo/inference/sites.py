@@ -113,16 +113,30 @@ class Sites:
                    meta.get("max_plate_nesting", 1), meta.get("subsamplable", False))
 
 
+def on_points(fn: Callable, indices: torch.Tensor | None) -> Callable:
+    """``fn`` run on the points ``indices`` of plate "data" (all of them when None)."""
+    if indices is None:
+        return fn
+
+    def run(*args):
+        with MinibatchIndices(indices):
+            return fn(*args)
+
+    return run
+
+
+def without_targets(args: tuple, sites: Sites) -> tuple:
+    """``args`` with the observations (the trailing ``sites.num_targets`` arguments) set to None."""
+    return (*args[:len(args) - sites.num_targets], *([None] * sites.num_targets))
+
+
 def run_trace(model: Callable, args: tuple, init_loc_fn: Callable | None = None,
               indices: torch.Tensor | None = None, only=None) -> poutine.Trace:
     """One trace of ``model(*args)`` without gradients: latents from ``init_loc_fn`` (flat priors
     made feasible; with ``only``, for those sites alone), on the points ``indices`` of plate "data"."""
     run = model if init_loc_fn is None else InitMessenger(feasible(init_loc_fn, only))(model)
     with torch.no_grad():
-        if indices is None:
-            return poutine.trace(run).get_trace(*args)
-        with MinibatchIndices(indices):
-            return poutine.trace(run).get_trace(*args)
+        return poutine.trace(on_points(run, indices)).get_trace(*args)
 
 
 def probe_trace(model: Callable, args: tuple, init_loc_fn: Callable) -> tuple[poutine.Trace, bool]:
