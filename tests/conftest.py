@@ -1,10 +1,15 @@
 import os
+import tempfile
 
 import pyro
 import pytest
 import torch
 
 DEVICE = os.environ.get("ZOO_DEVICE", "cpu")
+
+# the suite tests the shipped data, whatever the user's environment points at: no $ZOO_DATA, an empty cache
+os.environ.pop("ZOO_DATA", None)
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="zoo-test-cache-")
 
 
 @pytest.fixture(autouse=True)

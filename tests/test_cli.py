@@ -68,14 +68,18 @@ def test_bad_option_is_one_line_exit_2(capsys):
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_saves_the_work_done(tmp_path):
     out = tmp_path / "interrupted"
-    command = [sys.executable, "-m", "zoo", "fit", "bnn", "--data", "yacht", "--out", str(out),
+    command = [sys.executable, "-m", "zoo", "fit", "bnn", "--data", "yacht", "--out", str(out), "--progress",
                "--option", "num_steps=10000000"]
     # a runner started in the background ignores SIGINT, and children inherit that: restore it
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
         try:
-            assert proc.stderr.readline().startswith("zoo: fitting")  # imports done, the fit begins
-            time.sleep(3)
+            seen = ""
+            while "svi:" not in seen:  # the progress bar is up: the step loop has begun
+                char = proc.stderr.read(1)
+                assert char, f"the run ended before its step loop: {seen}"
+                seen += char
+            time.sleep(0.5)
             proc.send_signal(signal.SIGINT)
             stdout, stderr = proc.communicate(timeout=300)
         finally:

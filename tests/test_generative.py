@@ -59,7 +59,7 @@ def test_delta_sparse_ae_loss_is_squared_error_plus_l1():
     zm = zoo.load("sparse-ae", data=(x,), latent_dim=3, hidden=[5], lam=lam)
     pyro.clear_param_store()
     loss = Trace_ELBO().loss(zm.model, zm.make_guide("delta"), x)
-    ae = zm.autoencoder
+    ae = zm.network
     with torch.no_grad():
         h = ae.encoder.loc(ae.encoder.trunk(x))
         squared_error = (ae.decoder.net(h) - x).pow(2).sum()

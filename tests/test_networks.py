@@ -2,6 +2,7 @@
 
 import warnings
 
+import pyro
 import pytest
 import torch
 
@@ -71,6 +72,33 @@ def test_per_example_noise_is_unbiased_with_the_right_variance():
     assert torch.equal(dense(x[:2], w)[0], dense(x[:2], w)[1])  # outside the block: one shared weight
 
 
+@pytest.mark.parametrize("guide", ["mean-field", "mc-dropout"])
+@pytest.mark.parametrize("model", ["bayes-lenet", "bayes-lstm-regressor"])
+def test_per_example_noise_reaches_every_weight_with_vectorised_particles(model, guide, images, monkeypatch):
+    # under num_particles > 1 a weight arrives with a plate slot that the layer squeezes away; the noise
+    # registered for the guide's tensor must follow it (it was silently off: lookup by tensor identity)
+    torch.manual_seed(0)
+    if model == "bayes-lenet":
+        data = images
+        zm = zoo.load(model, data=data, **TINY_CNN)
+    else:
+        data = zoo.datasets.series.windows(torch.sin(torch.arange(60.0) / 4), length=5).train
+        zm = zoo.load(model, data=data, hidden=4)
+    hits, misses, lookup = [], [], noise.lookup
+
+    def spy(value):
+        entry = lookup(value)
+        (hits if entry is not None else misses).append(tuple(value.shape))
+        return entry
+
+    monkeypatch.setattr(noise, "lookup", spy)
+    zoo.fit(zm, data, "svi", guide=guide, num_particles=3, num_steps=2, num_samples=2, seed=0)
+    assert hits and all(shape[0] == 3 for shape in hits)  # each with the particle dim
+    if guide == "mean-field":  # every weight is noisy (dropout guides leave some rates at 0)
+        dense_misses = [s for s in misses if len(s) == 3 and s[0] == 3]  # dense weights (particles, out, in)
+        assert not dense_misses, misses  # convolution kernels (5-D) go without, as documented
+
+
 def test_per_example_dropout_masks_for_dense_and_conv():
     torch.manual_seed(0)
     m = torch.randn(5, 3, 3, 3)
@@ -97,13 +125,25 @@ def test_last_layer_laplace_on_a_tiny_cnn(images):
     # softmax output layer: the log likelihood's Hessian is its Fisher, so the two must agree
     exact, fisher = (f.params["laplace.precision"] for f in fits.values())
     assert float((exact - fisher).norm() / exact.norm()) < 0.2
+    # and the exact one is the prior's unit precision plus the data's Hessian, here by autograd at the MAP
+    theta = post.params["laplace.loc"]
+    fixed = {k: v[0] for k, v in draws.items() if k not in ("w3", "b3")}
+    torch.testing.assert_close(theta[:-70], torch.cat([v.flatten() for v in fixed.values()]))
+
+    def nll(last):
+        values = {**fixed, "w3": last[:60].reshape(10, 6), "b3": last[60:]}
+        trace = pyro.poutine.trace(pyro.poutine.condition(zm.model, values)).get_trace(x, y)
+        return -trace.nodes["y"]["fn"].log_prob(y).sum()
+
+    data_hessian = torch.autograd.functional.hessian(nll, theta[-70:])
+    torch.testing.assert_close(exact, data_hessian + torch.eye(70), atol=1e-3, rtol=1e-3)
 
 
 def test_nuts_is_refused_on_a_big_lenet_but_not_a_tiny_one(images):
     x, y = images
     with pytest.raises(zoo.ZooError, match="weights; NUTS"):
         zoo.fit(zoo.load("bayes-lenet", data=(x, y)), (x, y), "nuts")
-    assert "nuts" not in zoo.load("bayes-lenet", data=(x, y), channels=[1, 1], hidden=2).refused
+    assert zoo.load("bayes-lenet", data=(x, y), channels=[1, 1], hidden=2).refusal("nuts") is None
 
 
 def test_classifier_arviz_has_last_layer_and_pointwise_log_likelihood(images):
@@ -170,6 +210,22 @@ def test_lstm_forecaster_learns_a_sine():
     noise_ = 0.05 * torch.randn(300, generator=torch.Generator().manual_seed(0))
     data = zoo.datasets.series.windows(torch.sin(torch.arange(300.0) / 6) + noise_, length=12)
     zm = zoo.load("bayes-lstm-regressor", data=data, hidden=8)
-    post = zoo.fit(zm, data.train, "svi", num_epochs=40, lr=1e-2, num_samples=50, seed=0)
+    post = zoo.fit(zm, data.train, "svi", guide="mean-field", num_epochs=40, lr=1e-2, num_samples=50, seed=0)
     result = post.evaluate(data.test)
-    assert result["rmse"] < 0.25  # noise sd 0.05 on a unit sine
+    # it must beat persistence (repeating the window's last value), the baseline any forecaster must beat,
+    # and come close to the same LSTM in plain PyTorch trained alike (0.054 here; the noise sd is 0.05)
+    persistence = float(((data.test.x[:, -1, 0] - data.test.y) * data.test.y_std).pow(2).mean().sqrt())
+    torch.manual_seed(0)
+    net, head = torch.nn.LSTM(1, 8, batch_first=True), torch.nn.Linear(8, 1)
+    optim = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=1e-2)
+    x, y = data.train.x, data.train.y
+    for _ in range(40):
+        for rows in torch.randperm(len(x)).split(64):
+            loss = (head(net(x[rows])[0][:, -1]).squeeze(-1) - y[rows]).pow(2).mean()
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+    with torch.no_grad():
+        plain = head(net(data.test.x)[0][:, -1]).squeeze(-1)
+    plain_rmse = float(((plain - data.test.y) * data.test.y_std).pow(2).mean().sqrt())
+    assert result["rmse"] < 0.6 * persistence and result["rmse"] < 1.25 * plain_rmse, (result, plain_rmse)

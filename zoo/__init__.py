@@ -8,14 +8,14 @@ True
 from . import datasets, metrics, models  # noqa: F401  (models registers the built-in families)
 from ._card import ModelCard
 from ._data import Split
-from ._errors import NonFiniteLossError, ZooError
+from ._errors import DiagnosticWarning, NonFiniteLossError, ZooError, ZooWarning
 from ._model import ZooModel
 from ._registry import card, list_models, load, register_model, unregister_model
-from .inference import Posterior, ZooWarning, fit
+from .inference import Posterior, fit
 
 load_posterior = Posterior.load
 
-__all__ = ["ModelCard", "NonFiniteLossError", "Posterior", "Split", "ZooError", "ZooModel", "ZooWarning",
-           "card", "datasets", "fit", "list_models", "load", "load_posterior", "metrics",
+__all__ = ["DiagnosticWarning", "ModelCard", "NonFiniteLossError", "Posterior", "Split", "ZooError", "ZooModel",
+           "ZooWarning", "card", "datasets", "fit", "list_models", "load", "load_posterior", "metrics",
            "register_model", "unregister_model"]
 __version__ = "0.1.0"

@@ -66,6 +66,8 @@ def as_args(data, device=None, name: str = "data", inputs_only: bool = False,
         shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
         raise ZooError(f"{name}: arrays disagree on the number of rows (shapes {shapes}); "
                        "every array needs one row per data point")
+    if rows == {0}:
+        raise ZooError(f"{name} has no rows: every array is empty")
     return args, scale
 
 

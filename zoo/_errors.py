@@ -17,6 +17,16 @@ class NonFiniteLossError(ZooError):
         self.posterior = posterior
 
 
+class ZooWarning(UserWarning):
+    """Something about a fit the user should look at (an unconverged MAP, an interrupted run, data on
+    another scale than the priors assume)."""
+
+
+class DiagnosticWarning(ZooWarning):
+    """What ``post.diagnose()`` warns of (R-hat, ESS, divergences, a collapsed step size, the k-hat), raised
+    by ``zoo.fit`` so that it is seen where the posterior is made."""
+
+
 def unknown_name(kind: str, name: str, known, known_as: str | None = None) -> ZooError:
     """An error for an unknown registry name that lists close matches and every option."""
     known = sorted(known)

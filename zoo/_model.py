@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pyro.infer.autoguide as ag
 import torch
 from pyro.infer.autoguide.initialization import init_to_median
 
+from ._data import as_args
 from ._errors import ZooError, unknown_name
 from ._initialization import feasible
 
@@ -33,10 +35,34 @@ GENERIC_GUIDES: dict[str, Callable] = {
 }
 
 
-class ZooModel:
-    """A Pyro model with its guides.
+@dataclass(frozen=True)
+class Defaults:
+    """How the zoo runs a model unless told otherwise: per-backend options (``{"svi": {"lr": 1e-2}}``), posterior
+    draws ``zoo.fit`` keeps (1,000 unless a big network asks for fewer), and points per vectorised prediction
+    pass for 100 draws (scaled to the number of draws) so that big networks predict in bounded memory."""
 
-    Parameters
+    fit: dict[str, dict] = field(default_factory=dict)
+    num_samples: int | None = None
+    predict_batch: int | None = None
+
+
+@dataclass(frozen=True)
+class Display:
+    """How a posterior of the model is shown: the non-weight latents worth a summary table and trace plot
+    (default: the scalar ones), and names for the dims of latent sites in ArviZ (``{"beta": ["feature"]}``)."""
+
+    summary_sites: list[str] | None = None
+    dims: dict[str, list[str]] = field(default_factory=dict)
+
+
+class ZooModel:
+    """A Pyro model with its guides: the contract between a model family and the rest of the zoo.
+
+    A family subclasses it and overrides the template methods for what differs: :meth:`validate`,
+    :meth:`arguments`, :attr:`predictive`, :meth:`refusal`, :meth:`point_estimates`, :meth:`rebuild_data`
+    and :attr:`posterior_class`. A bare Pyro model gets this base class as it is.
+
+    Parameters (the program, as the backends run it)
     ----------
     model : callable
         A Pyro model taking the data as positional arguments, observations last
@@ -45,38 +71,14 @@ class ZooModel:
         The default guide. Without one, the card's default guide (an autoguide) is used.
     guides : dict, optional
         Extra named guide factories ``factory(zoo_model, **options) -> guide``.
-    config : dict, optional
-        JSON-serialisable keyword config that rebuilds this model with ``zoo.load(name, **config)``.
-    validate : callable, optional
-        ``validate(args)`` raising :class:`zoo.ZooError` for data this model cannot take.
-    fit_defaults : dict, optional
-        Per-backend default options, e.g. ``{"svi": {"lr": 1e-2}}``.
-    summary_sites : list of str, optional
-        The non-weight latents worth a summary table and trace plot (default: the scalar ones).
-    num_samples : int, optional
-        Posterior draws ``zoo.fit`` keeps by default (1,000 unless a big network asks for fewer).
-    refused : dict, optional
-        Backends this instance cannot take, with the reason (e.g. NUTS on a large network).
+    init_loc_fn : callable
+        Where latents start (a Pyro init strategy); default the prior median.
     last_layer : list of str, optional
         The output layer's weight sites: Laplace's ``subset="last-layer"`` and ``to_arviz``'s default.
-    predict_batch : int, optional
-        Points per vectorised prediction pass for 100 draws (scaled to the number of draws), so
-        that big networks predict in bounded memory; default all points at once.
     modules : dict of str to torch.nn.Module, optional
         Networks whose weights are point estimates, registered in the model or guide with
         ``pyro.module(name, module)``. Every fit starts them from their state at build time, and a
         posterior loads its fitted weights into them (from its ``params``) before it predicts.
-    predictive : callable, optional
-        The model as run at new inputs, when it differs from the one fitted: an exact GP fits the joint
-        likelihood of its training targets and predicts through the conditional on them. Default: ``model``.
-    point_estimates : callable, optional
-        ``point_estimates() -> {name: tensor}``: fitted point estimates worth showing beside the draws
-        (a GP's kernel hyperparameters); ``to_arviz`` adds them to the posterior group, constant over draws.
-    built_from : tuple of tensors, optional
-        The arrays the model was built from when it needs them again to be rebuilt (``gp-exact``
-        conditions on its training data); ``save`` stores them and ``load_posterior`` passes them as data=.
-    dims : dict, optional
-        Names for the dims of latent sites in ArviZ, e.g. ``{"lengthscale": ["input"]}``.
     local_latents : bool
         The model has per-point latents in plate "data" that its own guides draw (a deep GP's layer
         outputs, an autoencoder's codes); they are redrawn at prediction, not kept as draws.
@@ -84,11 +86,19 @@ class ZooModel:
         The model's body broadcasts over a leading plate of draws (the zoo's own families are written so).
         Without it, ``fit`` checks once whether it does, else runs it over draws with ``torch.func.vmap``,
         else in a loop; ``post.info["vectorized"]`` says which.
-    autoencoder : torch.nn.Module, optional
-        For models with per-point codes inferred by an amortised encoder (VAEs, sparse and
-        denoising AEs): the module holding encoder and decoder. Such a model is fitted to x alone
-        and returns a :class:`~zoo.inference.generative.GenerativePosterior`.
+
+    Parameters (the rest)
+    ----------
+    config : dict, optional
+        JSON-serialisable keyword config that rebuilds this model with ``zoo.load(name, **config)``.
+    defaults : Defaults, optional
+        Backend options, draws kept and prediction block size unless the user says otherwise.
+    display : Display, optional
+        Summary sites and ArviZ dims.
     """
+
+    #: The Posterior subclass a fit of this model returns (None: :class:`zoo.Posterior`).
+    posterior_class: type | None = None
 
     def __init__(
         self,
@@ -96,53 +106,63 @@ class ZooModel:
         guide: Callable | None = None,
         *,
         guides: dict[str, Callable] | None = None,
-        config: dict | None = None,
-        validate: Callable | None = None,
-        fit_defaults: dict[str, dict] | None = None,
         init_loc_fn: Callable = init_to_median,
-        max_plate_nesting: int = 1,
-        summary_sites: list[str] | None = None,
-        num_samples: int | None = None,
-        refused: dict[str, str] | None = None,
         last_layer: list[str] | None = None,
-        predict_batch: int | None = None,
-        predictive: Callable | None = None,
-        dims: dict[str, list[str]] | None = None,
-        built_from: tuple | None = None,
-        point_estimates: Callable | None = None,
         modules: dict | None = None,
         local_latents: bool = False,
-        autoencoder=None,
         vectorized: bool = False,
+        config: dict | None = None,
+        defaults: Defaults | None = None,
+        display: Display | None = None,
     ):
         if not callable(model):
             raise ZooError(f"model must be a callable Pyro model, got {type(model).__name__}")
         self.model = model
         self.guide = guide
-        self.local_latents = local_latents or autoencoder is not None
+        self.local_latents = local_latents
         # autoguides over per-point latents are neither amortised nor minibatchable: not offered
-        self.guides = {**({} if self.local_latents else GENERIC_GUIDES), **(guides or {})}
-        self.config = config
-        self.validate = validate or (lambda args: None)
-        self.fit_defaults = fit_defaults or {}
+        self.guides = {**({} if local_latents else GENERIC_GUIDES), **(guides or {})}
         self.init_loc_fn = init_loc_fn
-        self.max_plate_nesting = max_plate_nesting
-        self.summary_sites = summary_sites
-        self.num_samples = num_samples
-        self.refused = refused or {}
         self.last_layer = last_layer
-        self.predict_batch = predict_batch
-        self.autoencoder = autoencoder
-        self.predictive = predictive or model
-        self.vectorized = vectorized
-        self.dims = dict(dims or {})
-        self.built_from = built_from
-        self.point_estimates = point_estimates
         self.modules = dict(modules or {})
+        self.vectorized = vectorized
+        self.config = config
+        self.defaults = defaults or Defaults()
+        self.display = display or Display()
         self._initial = {name: copy.deepcopy(m.state_dict()) for name, m in self.modules.items()}
         self._loaded = None  # the params last loaded into the modules: predicting in blocks loads them once
         self.name: str | None = None
         self.card = None
+
+    # -- template methods: what a family overrides -------------------------------------------------
+
+    def validate(self, args: tuple) -> None:
+        """Raise :class:`zoo.ZooError` for arguments this model cannot take (default: accept all)."""
+
+    def arguments(self, data, device=None) -> tuple[tuple, tuple[float, float]]:
+        """The model's positional arguments from ``data`` (a Split, a tuple, a dict by name), on ``device``,
+        and the target's (shift, scale) back to original units."""
+        return as_args(data, device=device, model=self.model)
+
+    @property
+    def predictive(self) -> Callable:
+        """The model as run at new inputs, when it differs from the one fitted (an exact GP fits the joint
+        likelihood of its training targets and predicts through the conditional on them)."""
+        return self.model
+
+    def refusal(self, backend: str) -> str | None:
+        """Why this model cannot be fitted with ``backend``, or None (default: what its card refuses)."""
+        return self.card.refused.get(backend) if self.card is not None else None
+
+    def point_estimates(self) -> dict[str, torch.Tensor]:
+        """Fitted point estimates worth showing beside the draws (a GP's kernel hyperparameters), read after
+        the posterior's params are loaded; ``to_arviz`` adds them to the posterior group."""
+        return {}
+
+    def rebuild_data(self) -> tuple | None:
+        """The arrays the model was built from when it needs them again to be rebuilt (``gp-exact`` conditions
+        on its training data); ``save`` stores them and ``load_posterior`` passes them as ``data=``."""
+        return None
 
     def reset_modules(self) -> None:
         """Every module back to its state at build time (a fit starts from there)."""

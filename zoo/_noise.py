@@ -63,6 +63,13 @@ def register(value: torch.Tensor, kind: str, loc: torch.Tensor, scale=None, keep
         _ACTIVE[-1][id(value)] = WeightNoise(value, kind, loc, scale, keep)
 
 
+def alias(view: torch.Tensor, value: torch.Tensor) -> None:
+    """``view`` of a registered weight ``value`` (its plate slot squeezed) carries the same q."""
+    entry = _ACTIVE[-1].get(id(value)) if _ACTIVE else None
+    if entry is not None and entry.value is value:
+        _ACTIVE[-1][id(view)] = WeightNoise(view, entry.kind, entry.loc, entry.scale, entry.keep, entry._cache)
+
+
 def lookup(value: torch.Tensor) -> WeightNoise | None:
     """The registered q of weight ``value`` when per-example noise is on, else None."""
     if not _ACTIVE:

@@ -91,7 +91,7 @@ def load(name: str, **config):
     if name not in _BUILDERS:
         raise unknown_name("model", name, _BUILDERS)
     builder = _BUILDERS[name]
-    _check_config(name, builder, config)
+    check_keywords(f"option of model {name!r}", builder, config)
     built = builder(**config)
     zm = built if isinstance(built, ZooModel) else ZooModel(built)
     zm.name = name
@@ -101,11 +101,12 @@ def load(name: str, **config):
     return zm
 
 
-def _check_config(name: str, builder: Callable, config: dict) -> None:
-    params = inspect.signature(builder).parameters
+def check_keywords(kind: str, fn: Callable, options: dict) -> None:
+    """Every key of ``options`` a keyword ``fn`` accepts, else an error listing the ones it does."""
+    params = inspect.signature(fn).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     accepted = [p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)]
-    for key in config:
+    for key in options:
         if key not in accepted:
-            raise unknown_name(f"option of model {name!r}", key, accepted, known_as="Its options")
+            raise unknown_name(kind, key, accepted, known_as="Its options" if accepted else "It takes none")

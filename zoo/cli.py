@@ -12,19 +12,54 @@ from pathlib import Path
 
 import torch
 
-from ._errors import ZooError
+from ._errors import DiagnosticWarning, NonFiniteLossError, ZooError
 
 
-def _key_values(pairs) -> dict:
+def key_values(pairs, flag: str) -> dict:
+    """``KEY=VALUE`` pairs with JSON values (``hidden=[50]``, ``lr=0.01``); a value that is not JSON is a string
+    (``activation=tanh``), unless it opens a list, an object or a quoted string and does not close it."""
     out = {}
     for pair in pairs or []:
-        if "=" not in pair:
-            raise ZooError(f"expected KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ZooError(f"{flag}: expected KEY=VALUE, got {pair!r}")
+        if key in out:
+            raise ZooError(f"{flag}: {key} is given twice")
         try:
             out[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
+            if value.lstrip()[:1] in ("[", "{", '"'):
+                raise ZooError(f"{flag} {pair}: the value is not valid JSON ({err.msg} at character {err.pos}); "
+                               "write lists as [50, 50] and quote strings inside them") from None
             out[key] = value
+    return out
+
+
+# what a run writes (and --overwrite may remove): the posterior's files, then any plots
+RUN_FILES = ("zoo.json", "samples.pt", "params.pt", "built_from.pt", "posterior.nc", "idata.nc")
+
+
+def output_folder(out: Path, overwrite: bool) -> Path:
+    """``out`` checked before any work: a folder that can be written, not a file, and not an earlier run
+    (or another non-empty folder) unless ``overwrite``, which removes the earlier run's files first."""
+    if out.exists() and not out.is_dir():
+        raise ZooError(f"--out {out} is a file; name a folder for the run")
+    earlier = out.is_dir() and (out / "zoo.json").is_file()
+    if out.is_dir() and any(out.iterdir()):
+        if not earlier:
+            raise ZooError(f"--out {out} is a folder that holds other files; name a new or empty folder")
+        if not overwrite:
+            raise ZooError(f"--out {out} holds an earlier run; pass --overwrite to replace it, or name another folder")
+        for stale in [*(out / n for n in RUN_FILES), *out.glob("*.png")]:
+            stale.unlink(missing_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".zoo-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ZooError(f"--out {out} cannot be written ({err.strerror or err}); "
+                       "name a folder you can write to") from None
     return out
 
 
@@ -41,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--split", type=int, default=None, help="split of a UCI set (default 0)")
     fit.add_argument("--backend", default="svi", help="svi, laplace or nuts")
     fit.add_argument("--out", default=None, help="output folder (default runs/MODEL-DATA-BACKEND)")
+    fit.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    fit.add_argument("--progress", action="store_true", help="a progress bar even when stderr is not a terminal")
     fit.add_argument("--num-samples", type=int, default=None,
                      help="posterior draws (default 1000; 100 for CNNs and RNNs)")
     fit.add_argument("--seed", type=int, default=0)
@@ -89,10 +126,11 @@ def run_fit(args) -> None:
 
     from . import datasets, fit, load
     from .inference._base import make_backend
+    from .inference.generative import GenerativePosterior
     from .metrics import classification, mutual_information, predictive_entropy
     from .plots import image_grid, predictive_plot, reliability_diagram, trace_plot
 
-    config, options = _key_values(args.set), _key_values(args.option)
+    config, options = key_values(args.set, "--set"), key_values(args.option, "--option")
     where = {"split": args.split} if args.split is not None else {}
     where.update({"path": args.data_path} if args.data_path else {})
     data = datasets.load(args.data, **where)
@@ -101,19 +139,26 @@ def run_fit(args) -> None:
     if _needs_binary(model, data):
         print(f"zoo: binarising {args.data} (fixed, seeded) for the bernoulli likelihood", file=sys.stderr)
         data = datasets.load(args.data, **where, binarize=True)
-    out = Path(args.out or f"runs/{args.model}-{args.data}-{args.backend}")
     make_backend(args.backend, options)  # bad backend options fail here, before any output
+    out = output_folder(Path(args.out or f"runs/{args.model}-{args.data}-{args.backend}"), args.overwrite)
     print(f"zoo: fitting {args.model} to {label} with {args.backend} "
           "(Ctrl-C stops and saves what is done)", file=sys.stderr, flush=True)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        post = fit(model, data.train, args.backend, num_samples=args.num_samples, seed=args.seed,
-                   device=args.device, progress=None, **options)
+        try:
+            post = fit(model, data.train, args.backend, num_samples=args.num_samples, seed=args.seed,
+                       device=args.device, progress=True if args.progress else None, **options)
+        except NonFiniteLossError as err:
+            if err.posterior is None:
+                raise
+            err.posterior.save(out)
+            raise ZooError(f"{err} Saved the last finite posterior to {out}/") from None
     wall = time.perf_counter() - start
     for w in caught:
-        print(f"zoo: warning: {w.message}", file=sys.stderr)
-    if post.model.autoencoder is not None:
+        if not issubclass(w.category, DiagnosticWarning):  # the diagnosis below prints those
+            print(f"zoo: warning: {w.message}", file=sys.stderr)
+    if isinstance(post, GenerativePosterior):
         _report_generative(post, data, out, f"{args.model} on {label}", wall)
         return
     pred = post.predict(data.test.x)
@@ -126,7 +171,7 @@ def run_fit(args) -> None:
     print(f"{args.model} on {label} with {args.backend}: "
           + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f", wall {wall:.1f} s")
     print(post.diagnose())
-    small = post.model.summary_sites
+    small = post.model.display.summary_sites
     if small is None:
         small = [k for k, (shape, _) in post.sites.latent.items() if math.prod(shape) == 1]
     if small:
@@ -152,9 +197,11 @@ def run_fit(args) -> None:
 
 def _needs_binary(model, data) -> bool:
     """A bernoulli autoencoder given grey-level images (then loaded again, binarised)."""
-    ae = model.autoencoder
+    from .models.encoder_decoder import AutoencoderModel
+
     x = data.train.x
-    return ae is not None and ae.decoder.likelihood == "bernoulli" and not bool(((x == 0) | (x == 1)).all())
+    return (isinstance(model, AutoencoderModel) and model.network.decoder.likelihood == "bernoulli"
+            and not bool(((x == 0) | (x == 1)).all()))
 
 
 def _report_generative(post, data, out: Path, label: str, wall: float, iwae_samples: int = 100) -> None:

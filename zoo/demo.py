@@ -9,7 +9,7 @@ from pathlib import Path
 import arviz as az
 
 from . import datasets, fit, load
-from .inference import ZooWarning
+from ._errors import DiagnosticWarning, ZooWarning
 from .plots import predictive_plot, trace_plot
 
 # hidden=[20] and a tree depth of 6 keep NUTS to a couple of minutes on 2 CPU cores.
@@ -35,7 +35,8 @@ def run_demo(name: str = "yacht", split: int = 0, out: Path = Path("runs/demo"),
             post = fit(model, data.train, backend, num_samples=num_samples, seed=0, **options)
         seconds = time.perf_counter() - start
         for w in caught:
-            print(f"  note: {w.message}")
+            if not issubclass(w.category, DiagnosticWarning):  # the diagnosis below prints those
+                print(f"  note: {w.message}")
         metrics = post.evaluate(data.test)
         idatas[backend] = post.to_arviz(data.train)  # LOO is defined on the data the fit saw
         post.save(out / backend)

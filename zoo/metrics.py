@@ -174,4 +174,11 @@ def ece(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 10) -> float:
 
 def classification(probs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """``accuracy``, ``nll``, ``ece`` and ``brier`` of a predictive ``probs`` (points, classes)."""
+    classes = probs.shape[-1]
+    if y.shape != probs.shape[:1] or (y.is_floating_point() and not torch.equal(y, y.round())):
+        raise ZooError(f"labels y must be whole class ids, one per point ({probs.shape[0]},); got {y.dtype} "
+                       f"of shape {tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise ZooError(f"labels y must lie in [0, {classes - 1}] (the model's classes), got range "
+                       f"[{int(y.min())}, {int(y.max())}]")
     return {"accuracy": accuracy(probs, y), "nll": nll(probs, y), "ece": ece(probs, y), "brier": brier(probs, y)}

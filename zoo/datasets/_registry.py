@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .._data import Split
 from .._errors import unknown_name
+from .._registry import check_keywords
 
 _LOADERS: dict[str, Callable] = {}
 
@@ -39,4 +40,5 @@ def load(name: str, **options) -> Dataset:
     """Load dataset ``name`` (or a UCI-format folder given as ``path=``); see each loader's options."""
     if name not in _LOADERS:
         raise unknown_name("dataset", name, _LOADERS)
+    check_keywords(f"option of dataset {name!r}", _LOADERS[name], options)
     return _LOADERS[name](**options)

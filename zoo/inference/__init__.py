@@ -1,11 +1,12 @@
 """Inference backends (svi, laplace, nuts), the Posterior they return, and zoo.fit."""
 
+from .._errors import DiagnosticWarning, ZooWarning
 from ._base import BACKENDS, Backend, FitResult
-from .fit import ZooWarning, fit
+from .fit import fit
 from .laplace import Laplace
 from .mcmc import NUTS
 from .posterior import Posterior, Prediction
 from .svi import SVI
 
-__all__ = ["BACKENDS", "Backend", "FitResult", "Laplace", "NUTS", "Posterior", "Prediction", "SVI",
-           "ZooWarning", "fit"]
+__all__ = ["BACKENDS", "Backend", "DiagnosticWarning", "FitResult", "Laplace", "NUTS", "Posterior", "Prediction",
+           "SVI", "ZooWarning", "fit"]

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .._data import as_args
 from .._errors import ZooError
 
 
@@ -29,18 +28,18 @@ def to_inference_data(post, data=None, var_names=None) -> az.InferenceData:
         raise ZooError(f"to_arviz: no latent sites {unknown}; the posterior has {sorted(post.samples)}")
     posterior = {k: post.samples[k].cpu().numpy() for k in var_names}
     posterior.update({k: v.cpu().numpy() for k, v in post.deterministic.items()})
-    if post.model.point_estimates is not None:  # constant over draws: fitted, not sampled
-        post.model.load_params(post.params)
-        for k, v in post.model.point_estimates().items():
-            posterior[k] = np.broadcast_to(v.cpu().numpy(), (chains, draws, *v.shape)).copy()
-    dims = {k: post.model.dims.get(k, [f"{k}_dim_{i}" for i in range(v.ndim - 2)]) for k, v in posterior.items()}
+    post.model.load_params(post.params)
+    for k, v in post.model.point_estimates().items():  # constant over draws: fitted, not sampled
+        posterior[k] = np.broadcast_to(v.cpu().numpy(), (chains, draws, *v.shape)).copy()
+    named = post.model.display.dims
+    dims = {k: named.get(k, [f"{k}_dim_{i}" for i in range(v.ndim - 2)]) for k, v in posterior.items()}
     groups = {"posterior": posterior}
     stats = {k: v.cpu().numpy() for k, v in post.sample_stats.items()}
     if stats:
         groups["sample_stats"] = stats
     coords = {}
     if data is not None:
-        args, _ = as_args(data, model=post.model.model)
+        args, _ = post.model.arguments(data)
         inputs = args[:len(args) - post.sites.num_targets]
         one = len(post.sites.observed) == 1
         for site in post.sites.observed:
@@ -114,10 +113,15 @@ def convergence_stats(draws: dict[str, np.ndarray]) -> dict[str, dict[str, np.nd
     """Rank-normalised split R-hat and bulk and tail ESS (Vehtari et al. 2021) of every entry of each
     site; ``draws`` maps site -> array (chain, draw, ...). Returns site -> {"r_hat", "ess_bulk",
     "ess_tail"}, each shaped like one draw. A chain without variance gives R-hat 0/0 or x/0: computed
-    quietly here (nan or a huge value come back), for the caller to report."""
+    quietly here (nan or a huge value come back), for the caller to report. One chain is passed as its two
+    halves (ArviZ's R-hat needs two chains; split R-hat compares the halves anyway)."""
     if not draws:
         return {}
-    dataset = az.convert_to_dataset({k: np.asarray(v, dtype=np.float64) for k, v in draws.items()})
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in draws.items()}
+    if next(iter(arrays.values())).shape[0] == 1:
+        half = next(iter(arrays.values())).shape[1] // 2
+        arrays = {k: np.concatenate([v[:, :half], v[:, half:2 * half]]) for k, v in arrays.items()}
+    dataset = az.convert_to_dataset(arrays)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         r_hat = az.rhat(dataset)
         bulk, tail = az.ess(dataset, method="bulk"), az.ess(dataset, method="tail")

@@ -19,6 +19,8 @@ from .mcmc import NUTS
 R_HAT_MAX = 1.01
 ESS_PER_CHAIN = 100
 DEPTH_HITS_MAX = 0.05  # fraction of draws at the maximum tree depth
+# an adapted step size this small (with an adapted diagonal mass matrix) means extreme curvature or scale
+STEP_SIZE_MIN = 1e-3
 K_HAT_BAD, K_HAT_CAUTION = 0.7, 0.5
 PER_ENTRY = 8  # a site with at most this many entries gets one row per entry, a larger one a single row
 MAX_ENTRIES = 1000  # a larger site's statistics come from this many of its entries, evenly spaced
@@ -207,6 +209,12 @@ def _sampler_stats(post, d: Diagnosis) -> None:
                    f"({diverging.mean():.1%} of draws): the sampler cannot follow the posterior's curvature there "
                    f"and its draws may be biased; raise target_accept (now {target}) or reparameterise "
                    "(e.g. non-centred)")
+    if "step_size" in stats and stats["step_size"].numel():
+        step = float(stats["step_size"].min())
+        if step < STEP_SIZE_MIN:
+            d.warn(f"the adapted step size collapsed to {step:.2g}: the posterior has regions of extreme curvature "
+                   "or is on a wildly different scale than its parameters' units, and the draws barely move; "
+                   "standardise the data, or reparameterise")
     if "tree_depth" in stats:
         d.max_tree_depth = int(post.options.get("max_tree_depth", NUTS.max_tree_depth))
         depth = stats["tree_depth"].detach().cpu().numpy()

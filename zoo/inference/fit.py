@@ -9,17 +9,29 @@ import warnings
 import pyro
 import torch
 
-from .._data import as_args
-from .._errors import NonFiniteLossError, ZooError
+from .._errors import DiagnosticWarning, NonFiniteLossError, ZooError, ZooWarning
 from .._model import ZooModel
 from ._base import Problem, check_positive, make_backend
 from .flat import decide_path, importance_log_ratios
-from .posterior import Posterior, posterior_class
+from .posterior import Posterior
+from .scale import scale_warnings
 from .sites import Sites
 
 
-class ZooWarning(UserWarning):
-    """Something about a fit the user should look at (an unconverged MAP, an interrupted run)."""
+def _check_device(device) -> None:
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ZooError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:<index>'")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ZooError(f"device={device!r} but torch sees no CUDA device; use device='cpu'")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise ZooError(f"device={device!r} but torch sees {torch.cuda.device_count()} CUDA device(s)")
 
 
 def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int | None = None,
@@ -53,22 +65,20 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     ['rmse', 'test_ll']
     """
     zm = model if isinstance(model, ZooModel) else ZooModel(model)
-    defaults = dict(zm.fit_defaults.get(backend if isinstance(backend, str) else "", {}))
+    defaults = dict(zm.defaults.fit.get(backend if isinstance(backend, str) else "", {}))
     if {"num_steps", "num_epochs"} & set(options):  # the user's choice of length replaces the default's
         for length in ("num_steps", "num_epochs"):
             defaults.pop(length, None)
     options = {**defaults, **options}
     engine = make_backend(backend, options)
-    refused = {**(zm.card.refused if zm.card is not None else {}), **zm.refused}
-    if engine.name in refused:
-        raise ZooError(f"model {zm.name!r} does not support backend {engine.name!r}: {refused[engine.name]}")
+    refusal = zm.refusal(engine.name)
+    if refusal:
+        raise ZooError(f"model {zm.name!r} does not support backend {engine.name!r}: {refusal}")
     if num_samples is None:
-        num_samples = zm.num_samples or 1000
+        num_samples = zm.defaults.num_samples or 1000
     check_positive("num_samples", num_samples)
-    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
-        raise ZooError(f"device={device!r} but torch sees no CUDA device; use device='cpu'")
-    amortised = zm.autoencoder is not None
-    args, target_scale = as_args(data, device=device, inputs_only=amortised, model=zm.model)
+    _check_device(device)
+    args, target_scale = zm.arguments(data, device)
     zm.validate(args)
     if seed is not None:
         pyro.set_rng_seed(seed)
@@ -77,8 +87,9 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     for module in zm.modules.values():  # the networks follow the data's device
         module.to(args[0].device)
     progress = sys.stderr.isatty() if progress is None else progress
-    sites = Sites.of(zm.model, args, init_loc_fn=zm.init_loc_fn, allow_local=zm.local_latents,
-                     max_plate_nesting=zm.max_plate_nesting)
+    sites = Sites.of(zm.model, args, init_loc_fn=zm.init_loc_fn, allow_local=zm.local_latents)
+    for message in scale_warnings(zm.model, args, sites):
+        warnings.warn(message, ZooWarning, stacklevel=2)
     problem = Problem(zm.model, args, sites, num_samples, progress, zm.init_loc_fn,
                       make_guide=zm.make_guide, last_layer=zm.last_layer)
     problem.path = path = "plate" if zm.vectorized else decide_path(problem)
@@ -90,7 +101,7 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
         log_ratio = importance_log_ratios(problem, result.samples, result.log_q)
         if log_ratio is not None:
             result.sample_stats["log_ratio"] = log_ratio.reshape(1, -1)
-    post = posterior_class(zm)(zm, result.samples, method=engine.name, sites=sites,
+    post = (zm.posterior_class or Posterior)(zm, result.samples, method=engine.name, sites=sites,
                                sample_stats=result.sample_stats, loss=result.loss, params=result.params,
                                info=info, target_scale=target_scale, timings={"fit_s": elapsed},
                                options=options)
@@ -99,6 +110,8 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
         warnings.warn(message, ZooWarning, stacklevel=2)
     if result.status.stopped:
         raise NonFiniteLossError(result.status.stopped, posterior=post)
+    for message in post.diagnose().warnings:
+        warnings.warn(message, DiagnosticWarning, stacklevel=2)
     if result.status.interrupted:
         warnings.warn(result.status.interrupted + "; the posterior holds the work done so far",
                       ZooWarning, stacklevel=2)

@@ -11,7 +11,6 @@ import torch
 from pyro import poutine
 from pyro.poutine.subsample_messenger import _Subsample
 
-from .._data import as_args
 from .._errors import ZooError
 from .posterior import Posterior
 
@@ -40,7 +39,7 @@ class GenerativePosterior(Posterior):
 
     def __init__(self, model, samples, **kwargs):
         super().__init__(model, samples, **kwargs)
-        self.net = copy.deepcopy(model.autoencoder)
+        self.net = copy.deepcopy(model.network)
         model.load_params(self.params, {name: getattr(self.net, name) for name in model.modules})
         self.code_family = self.options.get("guide") or (model.card.default_guide if model.card else None)
         if self.code_family not in model.guides:
@@ -59,7 +58,7 @@ class GenerativePosterior(Posterior):
     def _points(self, data, scored: bool = True) -> torch.Tensor:
         """The flattened points of ``data`` (a Split, an array or ``(x,)``), checked: their shape, and
         when ``scored`` by the likelihood also its support (an encoder may read any input, e.g. noisy ones)."""
-        args, _ = as_args(data, device=self.net.decoder.net[0].weight.device, inputs_only=True)
+        args, _ = self.model.arguments(data, self.net.decoder.net[0].weight.device)
         if scored:
             self.model.validate(args)
         else:

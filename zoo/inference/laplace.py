@@ -163,7 +163,7 @@ class Laplace:
             except ValueError as err:  # a distribution built from non-finite parameters
                 if "invalid values" not in str(err):
                     raise
-                raise NonFinite(float("nan")) from None
+                raise NonFinite("the loss became nan") from None
             check_finite(loss.item())
             loss.backward()
             return loss
@@ -174,7 +174,7 @@ class Laplace:
                 previous = theta.detach().clone()
                 loss = optim.step(lambda: objective(t)).item()
                 if not torch.isfinite(theta).all():
-                    raise NonFinite(float("nan"))
+                    raise NonFinite("the parameters became non-finite")
                 if len(losses) > first and abs(losses[-1] - loss) < 1e-7 * max(abs(loss), 1.0):
                     stalls += 1  # no progress: converged, or a line search lost in bad curvature
                     if stalls > 1 or float(theta.grad.abs().max()) < 1e-4:

@@ -39,11 +39,12 @@ class Status:
 
 
 class NonFinite(Exception):
-    """Raised by a step whose objective is not finite, before it changes any state."""
+    """Raised by a step whose objective (or its gradient) is not finite, after putting back the last state
+    with a finite one. ``what`` says what went wrong ("the loss became nan")."""
 
-    def __init__(self, value: float):
-        super().__init__(value)
-        self.value = value
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
 
 
 class Converged(Exception):
@@ -59,13 +60,14 @@ def run_steps(num_steps: int, step: Callable[[int], float | None], label: str, p
     """
     status = Status(num_steps=num_steps)
     losses = [] if losses is None else losses
-    bar = progress_bar(num_steps, label, progress)
-    try:
+    bar = None
+    try:  # the bar is made inside: a Ctrl-C as it appears is an interrupt like any other
+        bar = progress_bar(num_steps, label, progress)
         for t in range(num_steps):
             try:
                 loss = step(t)
             except NonFinite as bad:
-                status.stopped = (f"{label}: the loss became {bad.value} at step {t}; kept the last finite "
+                status.stopped = (f"{label}: {bad.what} at step {t}; kept the last finite "
                                   f"state. {hint[0].upper() + hint[1:]}")
                 break
             except Converged:
@@ -80,13 +82,14 @@ def run_steps(num_steps: int, step: Callable[[int], float | None], label: str, p
     except KeyboardInterrupt:
         status.interrupted = f"{label}: interrupted at step {status.steps_done} of {num_steps}"
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return status
 
 
 def check_finite(value: float) -> float:
     if not math.isfinite(value):
-        raise NonFinite(value)
+        raise NonFinite(f"the loss became {value}")
     return value
 
 

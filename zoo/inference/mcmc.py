@@ -5,17 +5,46 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from queue import Empty
 from typing import ClassVar
 
-import pyro
 import pyro.infer.mcmc as pyro_mcmc
 import torch
+from pyro.ops.integrator import register_exception_handler
 from pyro.poutine.messenger import Messenger
 
 from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .loop import Status, run_steps
+
+POLL_S = 1.0  # how often the parent checks that chains it waits on are alive
+
+
+def _invalid_parameters(error: Exception) -> bool:
+    """A distribution built from non-finite parameters (a trajectory gone where the model is undefined)."""
+    return isinstance(error, ValueError) and "invalid values" in str(error)
+
+
+# Pyro then treats that point as one of infinite energy: a divergence, so the chain keeps its finite draws
+register_exception_handler("zoo_invalid_parameters", _invalid_parameters)
+
+
+@dataclass(frozen=True)
+class DrawStats:
+    """What the sampler did to make one draw (ArviZ's sample_stats names)."""
+
+    diverging: bool
+    tree_depth: int
+    step_size: float
+    acceptance_rate: float
+    lp: float  # log density at the draw, up to a constant
+
+    @staticmethod
+    def stacked(chains: list[list[DrawStats]]) -> dict[str, torch.Tensor]:
+        """Each statistic as a (chain, draw) tensor."""
+        return {f.name: torch.tensor([[getattr(s, f.name) for s in chain] for chain in chains])
+                for f in fields(DrawStats)}
 
 
 class _TreeDepth(Messenger):
@@ -72,7 +101,9 @@ class NUTS:
         parallel = (parallel and self.num_chains > 1 and "fork" in mp.get_all_start_methods()
                     and device.type == "cpu")
         info = {"cores": os.cpu_count(), "parallel_chains": parallel}
-        results = (self._run_parallel(problem) if parallel else self._run_sequential(problem))
+        # one seed per chain from the caller's stream: the draws do not depend on whether chains fork
+        seeds = torch.randint(2**31 - 1, (self.num_chains,)).tolist()
+        results = (self._run_parallel(problem, seeds) if parallel else self._run_sequential(problem, seeds))
         status = Status(num_steps=self.num_chains * (self.num_warmup + problem.num_samples),
                         steps_done=sum(len(r[1]) for r in results))
         complete = [r for r in results if not r[2]]
@@ -84,38 +115,36 @@ class NUTS:
             raise ZooError("nuts: interrupted before the first draw after warmup; nothing to keep")
         theta = torch.stack([torch.as_tensor(r[0], device=device) for r in kept])  # (chain, draw, D)
         samples = {n: v.detach() for n, v in latents.constrain(theta).items()}
-        stats = [r[1] for r in kept]
-        sample_stats = {k: torch.tensor([[s[k] for s in c] for c in stats]) for k in stats[0][0]}
-        return FitResult(samples, status=status, sample_stats=sample_stats, info=info)
+        return FitResult(samples, status=status, sample_stats=DrawStats.stacked([r[1] for r in kept]), info=info)
 
-    def _run_sequential(self, problem):
+    def _run_sequential(self, problem, seeds):
         results = []
+        devices = [problem.flat()[2].device] if problem.flat()[2].is_cuda else []
         for chain in range(self.num_chains):
-            results.append(self._run_chain(problem, chain, problem.progress))
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seeds[chain])
+                results.append(self._run_chain(problem, chain, problem.progress))
             if results[-1][2]:  # interrupted: run no further chain
                 break
         return results
 
-    def _run_parallel(self, problem):
+    def _run_parallel(self, problem, seeds):
         ctx = mp.get_context("fork")  # children inherit the model: nothing needs pickling
         queue = ctx.Queue()
-        seeds = torch.randint(2**31 - 1, (self.num_chains,)).tolist()
         workers = [ctx.Process(target=_chain_worker, daemon=True,
                                args=(self, problem, chain, seeds[chain], queue))
                    for chain in range(self.num_chains)]
         for w in workers:
             w.start()
-        results = {}
-        while len(results) < self.num_chains:
-            try:
-                chain, result = queue.get()
-            except KeyboardInterrupt:
-                continue  # the chains see Ctrl-C too, and report the draws they have
-            if isinstance(result, str):
-                raise ZooError(f"nuts: chain {chain} failed in its process: {result}")
-            results[chain] = result
-        for w in workers:
-            w.join()
+        try:
+            results = _collect(queue, workers)
+        except ZooError:  # one chain failed: the others' work is not wanted
+            for w in workers:
+                w.terminate()
+            raise
+        finally:
+            for w in workers:
+                w.join()
         return [results[c] for c in range(self.num_chains)]
 
     def _run_chain(self, problem, chain, progress):
@@ -143,13 +172,13 @@ class NUTS:
                 return None
             n = t + 1 - self.num_warmup
             _, potential, _ = kernel._fetch_from_cache()
-            stats.append({
-                "diverging": len(kernel._divergences) > divergences,
-                "tree_depth": depth.depth,
-                "step_size": float(kernel.step_size),
-                "acceptance_rate": n * kernel._mean_accept_prob - (n - 1) * mean_accept,
-                "lp": -float(potential) if potential is not None else float("nan"),
-            })
+            stats.append(DrawStats(
+                diverging=len(kernel._divergences) > divergences,
+                tree_depth=depth.depth,
+                step_size=float(kernel.step_size),
+                acceptance_rate=n * kernel._mean_accept_prob - (n - 1) * mean_accept,
+                lp=-float(potential) if potential is not None else float("nan"),
+            ))
             draws.append(state["z"]["theta"].detach())
             return None
 
@@ -166,9 +195,30 @@ def _stacked(draws: list, theta0: torch.Tensor) -> torch.Tensor:
     return torch.stack(draws) if draws else theta0.new_zeros((0, theta0.numel()))
 
 
+def _collect(queue, workers) -> dict:
+    """Each chain's result from ``queue``; a chain whose process died without reporting is an error, not a hang."""
+    results = {}
+    while len(results) < len(workers):
+        try:
+            chain, result = queue.get(timeout=POLL_S)
+        except KeyboardInterrupt:
+            continue  # the chains see Ctrl-C too, and report the draws they have
+        except Empty:
+            dead = [c for c, w in enumerate(workers) if c not in results and not w.is_alive()]
+            if dead and queue.empty():  # a child that reported and exited has its result in the queue
+                code = workers[dead[0]].exitcode
+                raise ZooError(f"nuts: chain {dead[0]} died in its process (exit code {code}) without reporting, "
+                               "e.g. killed for memory; run with parallel=False to see its error") from None
+            continue
+        if isinstance(result, str):
+            raise ZooError(f"nuts: chain {chain} failed in its process: {result}")
+        results[chain] = result
+    return results
+
+
 def _chain_worker(backend, problem, chain, seed, queue):
     torch.set_num_threads(1)
-    pyro.set_rng_seed(seed)
+    torch.manual_seed(seed)
     try:
         draws, stats, interrupted = backend._run_chain(problem, chain, progress=False)
         # numpy crosses the process boundary by value (torch would share memory the child takes away)

@@ -131,7 +131,7 @@ class Posterior:
     def trace(self, data) -> tuple[poutine.Trace, tuple]:
         """The model run once over every draw under a vectorising plate, conditioned on ``data``
         (for models whose body broadcasts over draws; see ``info["vectorized"]``)."""
-        args, _ = as_args(data, device=self._device(), model=self.model.model)
+        args, _ = self.model.arguments(data, self._device())
         self.model.validate(args)
         self.model.load_params(self.params)
         draws = self.num_chains * self.num_draws
@@ -143,23 +143,29 @@ class Posterior:
         return next(iter(self.samples.values())).device if self.samples else torch.device("cpu")
 
     def site(self, site: str | None = None) -> str:
-        """The observed site ``site`` names (default: the only one), checked."""
+        """The observed site ``site`` names (default: the only one), checked to have points of its own."""
         observed = self.sites.observed
         if site is None:
             if len(observed) != 1:
                 raise ZooError(f"the model observes {observed}: say which with site=")
-            return observed[0]
+            site = observed[0]
         if site not in observed:
             kind = "a latent site" if site in self.sites.latent else "not an observed site of the model"
             raise ZooError(f"site={site!r} is {kind}; the observed sites are {observed}")
+        # (a separate predictive, gp-exact's conditional, predicts point by point whatever the fitted model does)
+        if site in self.sites.unplated and self.model.predictive is self.model.model:
+            raise ZooError(f"observed site {site!r} holds all its points in one event outside any plate "
+                           "(.to_event or a multivariate distribution), so per-point predictions and "
+                           "log-likelihoods are not defined; sample it inside `with pyro.plate('data', len(x)):` "
+                           "without .to_event to predict, evaluate or compare models")
         return site
 
     def _batches(self, args):
         """``args`` cut into row blocks sized so that one vectorised pass stays in bounded memory."""
         n = args[0].shape[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim() else 1
         size = n
-        if self.model.predict_batch is not None:
-            size = max(1, self.model.predict_batch * 100 // (self.num_chains * self.num_draws))
+        if self.model.defaults.predict_batch is not None:
+            size = max(1, self.model.defaults.predict_batch * 100 // (self.num_chains * self.num_draws))
         if size >= n:
             yield args
             return
@@ -209,7 +215,7 @@ class Posterior:
     def log_likelihood(self, data, site: str | None = None) -> torch.Tensor:
         """Pointwise log p(y_i | theta_s) of ``site`` in original units, shape (draws, points...)."""
         site = self.site(site)
-        args, _ = as_args(data, device=self._device(), model=self.model.model)
+        args, _ = self.model.arguments(data, self._device())
         return self.pointwise_log_likelihood(self._summary(args, site, with_log_prob=True), site)
 
     def pointwise_log_likelihood(self, out: dict, site: str) -> torch.Tensor:
@@ -229,7 +235,7 @@ class Posterior:
         the data's original units, as in Hernandez-Lobato & Adams (2015) and Gal & Ghahramani (2016).
         """
         site = self.site(site)
-        args, (shift, scale) = as_args(data, device=self._device(), model=self.model.model)
+        args, (shift, scale) = self.model.arguments(data, self._device())
         if isinstance(data, Split) and (shift, scale) != self.target_scale:
             raise ZooError("evaluate: the data's target scaling differs from the training split's; "
                            "evaluate on a split of the same dataset load")
@@ -287,12 +293,3 @@ class Posterior:
     def __repr__(self) -> str:
         return (f"Posterior({self.model.name}, method={self.method!r}, chains={self.num_chains}, "
                 f"draws={self.num_draws})")
-
-
-def posterior_class(model) -> type[Posterior]:
-    """The Posterior subclass that fits ``model``: autoencoders get a GenerativePosterior."""
-    if model.autoencoder is None:
-        return Posterior
-    from .generative import GenerativePosterior
-
-    return GenerativePosterior

@@ -52,7 +52,9 @@ class Sites:
     ``local``: per-point latents inside plate "data" that the model's own guides draw (name -> event
     shape). ``deterministic``: global ``pyro.deterministic`` sites (name -> shape), shown beside the
     latents. ``max_plate_nesting``: the batch dims the model uses, so draws go to the left of them.
-    ``subsamplable``: the model indexes its data with the indices of plate "data".
+    ``subsamplable``: the model indexes its data with the indices of plate "data". ``unplated``: observed
+    sites outside every plate whose value is one event (``.to_event(1)``, a multivariate law), so their points
+    cannot be told apart: fitting works, per-point prediction and log-likelihoods do not.
     """
 
     latent: dict[str, tuple[tuple[int, ...], int]]
@@ -62,13 +64,14 @@ class Sites:
     num_targets: int = 1
     max_plate_nesting: int = 1
     subsamplable: bool = False
+    unplated: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, model: Callable, args: tuple, *, init_loc_fn: Callable = init_to_median,
            allow_local: bool = False, max_plate_nesting: int = 1) -> Sites:
         with torch.random.fork_rng(devices=[]):  # probing leaves the user's random stream alone
             trace, subsamplable = probe_trace(model, args, init_loc_fn)
-        latent, observed, local, deterministic = {}, [], {}, {}
+        latent, observed, local, deterministic, unplated = {}, [], {}, {}, []
         nesting = max_plate_nesting
         for name, site in trace.nodes.items():
             if not is_sample(site):
@@ -82,6 +85,8 @@ class Sites:
             elif site["is_observed"]:
                 if not site["infer"].get("is_auxiliary"):  # pyro.factor terms are part of the density only
                     observed.append(name)
+                    if not frames and site["fn"].event_dim > 0:
+                        unplated.append(name)
             elif not in_data:
                 latent[name] = (tuple(site["value"].shape), site["fn"].event_dim)
             elif allow_local:
@@ -96,21 +101,23 @@ class Sites:
                            "argument and use pyro.sample(..., obs=y)")
         with torch.random.fork_rng(devices=[]):
             targets, num_targets = _targets(model, args, init_loc_fn, observed, subsamplable, set(latent))
-        return cls(latent, targets, local, deterministic, num_targets, nesting, subsamplable)
+        return cls(latent, targets, local, deterministic, num_targets, nesting, subsamplable,
+                   [n for n in unplated if n in targets])
 
     def to_json(self) -> dict:
         return {"latent": {k: [list(s), e] for k, (s, e) in self.latent.items()}, "observed": self.observed,
                 "local": {k: list(s) for k, s in self.local.items()},
                 "deterministic": {k: list(s) for k, s in self.deterministic.items()},
                 "num_targets": self.num_targets,
-                "max_plate_nesting": self.max_plate_nesting, "subsamplable": self.subsamplable}
+                "max_plate_nesting": self.max_plate_nesting, "subsamplable": self.subsamplable,
+                "unplated": self.unplated}
 
     @classmethod
     def from_json(cls, meta: dict) -> Sites:
         return cls({k: (tuple(s), e) for k, (s, e) in meta["latent"].items()}, meta["observed"],
                    {k: tuple(s) for k, s in meta.get("local", {}).items()},
                    {k: tuple(s) for k, s in meta.get("deterministic", {}).items()}, meta.get("num_targets", 1),
-                   meta.get("max_plate_nesting", 1), meta.get("subsamplable", False))
+                   meta.get("max_plate_nesting", 1), meta.get("subsamplable", False), meta.get("unplated", []))
 
 
 def on_points(fn: Callable, indices: torch.Tensor | None) -> Callable:

@@ -97,6 +97,20 @@ class SVI:
 
         losses = []
         order = {"perm": torch.randperm(n, device=args[0].device)}
+        last_good = {}  # each parameter as it was before the last update, which had a finite loss
+
+        def restore():
+            with torch.no_grad():
+                for p, value in last_good.items():
+                    p.copy_(value)
+
+        def keep(unconstrained):
+            with torch.no_grad():
+                for p in unconstrained:
+                    if p in last_good:
+                        last_good[p].copy_(p)
+                    else:
+                        last_good[p] = p.detach().clone()
 
         def step(t):
             step_args = args
@@ -113,9 +127,14 @@ class SVI:
                         raise
                     loss = math.nan
             unconstrained = {site["value"].unconstrained() for site in params.trace.nodes.values()}
-            if not math.isfinite(loss):
+            # one sum is non-finite when any gradient is (one sync, not one per parameter)
+            grad_sum = sum(p.grad.sum() for p in unconstrained if p.grad is not None)
+            if not math.isfinite(loss) or not math.isfinite(float(grad_sum)):
                 zero_grads(unconstrained)
-                raise NonFinite(loss)
+                restore()  # this step's parameters may already be wild (finite, but the next loss is not)
+                what = f"the loss became {loss}" if not math.isfinite(loss) else "the gradient became non-finite"
+                raise NonFinite(what)
+            keep(unconstrained)
             optim(unconstrained)
             zero_grads(unconstrained)
             if isinstance(optim, pyro.optim.PyroLRScheduler):

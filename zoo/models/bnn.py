@@ -8,9 +8,10 @@ import torch
 from pyro.distributions import constraints
 from pyro.infer.autoguide.initialization import init_to_median
 
+from .. import _checks as checks
 from .._data import training_arrays
 from .._errors import ZooError
-from .._model import ZooModel
+from .._model import Defaults, Display, ZooModel
 from .._registry import register_model
 from .layers import ACTIVATIONS, layer_sizes, lecun_normal, mlp_forward, observe, sample_weights
 from .weight_guides import WeightSite, mc_dropout_guide
@@ -62,8 +63,15 @@ def _infer_sizes(data, in_features, out_features, task):
     return x.shape[1], out_features
 
 
-def _validator(in_features: int, task: str, num_classes: int):
-    def validate(args):
+class MLPModel(ZooModel):
+    """A Bayesian MLP: x is checked against the input layer, y against the task (real targets or labels)."""
+
+    def __init__(self, net, in_features: int, num_classes: int | None, **kwargs):
+        super().__init__(net, **kwargs)
+        self.in_features, self.num_classes = in_features, num_classes
+
+    def validate(self, args):
+        in_features, task, num_classes = self.in_features, self.model.task, self.num_classes
         if not args or not isinstance(args[0], torch.Tensor):
             raise ZooError("bnn: expected data (x, y) or x with x a tensor of shape (points, features)")
         x = args[0]
@@ -86,8 +94,6 @@ def _validator(in_features: int, task: str, num_classes: int):
                 raise ZooError(f"bnn-classifier: labels must lie in [0, {num_classes - 1}], "
                                f"got range [{int(y.min())}, {int(y.max())}]")
 
-    return validate
-
 
 def _init_loc(site):
     name = site["name"]
@@ -103,10 +109,20 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
            precision_prior, noise_scale, dropout):
     if activation not in ACTIVATIONS:
         raise ZooError(f"bnn: unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
-    if prior_scale <= 0:
-        raise ZooError(f"bnn: prior_scale must be positive, got {prior_scale}")
+    name = "bnn" if task == "regression" else "bnn-classifier"
+    checks.positive(name, prior_scale=prior_scale)
+    checks.probability(name, dropout=dropout)
+    hidden = checks.widths(name, "hidden", hidden)
+    if task == "regression":
+        checks.positive_or_none(name, noise_scale=noise_scale)
+        if not isinstance(precision_prior, (list, tuple)) or len(precision_prior) != 2:
+            raise ZooError(f"bnn: precision_prior must be (shape, rate) of its Gamma prior, got {precision_prior!r}")
+        shape, rate = precision_prior
+        checks.positive(name, **{"precision_prior shape": shape, "precision_prior rate": rate})
     in_features, out_features = _infer_sizes(data, in_features, out_features, task)
-    hidden = [int(h) for h in hidden]
+    checks.positive_int(name, in_features=in_features)
+    if task == "classification":
+        checks.positive_int(name, out_features=out_features)
     sizes = layer_sizes(in_features, hidden, out_features)
     net = BayesianMLP(sizes, activation, prior_scale, task, precision_prior, noise_scale)
     learns_noise = task == "regression" and noise_scale is None
@@ -124,16 +140,18 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
         config.update(precision_prior=list(precision_prior), noise_scale=noise_scale)
     else:
         config.update(out_features=out_features)
-    return ZooModel(
-        net, guides={"mc-dropout": dropout_guide}, config=config, init_loc_fn=_init_loc,
-        validate=_validator(in_features, task, out_features),
+    zm = MLPModel(
+        net, in_features, out_features, guides={"mc-dropout": dropout_guide}, config=config, init_loc_fn=_init_loc,
         # networks: a PSD curvature, a diagonal (the full NN predictive underfits), and the prior
         # scale moved to the evidence's choice before the final MAP
-        fit_defaults={"laplace": {"curvature": "fisher", "hessian": "diag", "prior_rounds": 3,
-                                  "num_steps": 1500, "optimizer": "adam"}},
-        summary_sites=["precision"] if learns_noise else [],
+        defaults=Defaults(fit={"laplace": {"curvature": "fisher", "hessian": "diag", "prior_rounds": 3,
+                                           "num_steps": 1500, "optimizer": "adam"}}),
+        display=Display(summary_sites=["precision"] if learns_noise else []),
         vectorized=True,
     )
+    if data is not None:
+        zm.validate(tuple(training_arrays(data)))
+    return zm
 
 
 @register_model("bnn", task="regression", family="bayesian-mlp",

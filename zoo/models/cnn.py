@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pyro
 import torch
 
 from .._data import training_arrays
 from .._errors import ZooError
-from .._model import ZooModel
+from .._model import Defaults, ZooModel
 from .._registry import register_model
 from .layers import conv2d, dense, max_pool, observe, weight
+from .network_model import NetworkModel
 from .weight_guides import (
     LAST_LAYER_LAPLACE,
     WeightSite,
     init_at,
     mc_dropout_guide,
     mean_field_guide,
-    nuts_refusal,
     with_dropout,
 )
 
@@ -57,8 +59,17 @@ class BayesianLeNet:
             return observe(dense(h, w["w3"], w["b3"]), None if y is None else y[idx])
 
 
-def image_validator(name: str, image_shape, num_classes: int):
-    def validate(args):
+class LeNetModel(NetworkModel):
+    """A LeNet: x checked against the image shape it was built for and [0, 1] pixels, y against its classes."""
+
+    kind = "LeNet"
+
+    def __init__(self, name: str, net: BayesianLeNet, num_classes: int, **kwargs):
+        super().__init__(net, **kwargs)
+        self.label, self.num_classes = name, num_classes
+
+    def validate(self, args):
+        name, image_shape = self.label, self.model.image_shape
         if not args or not isinstance(args[0], torch.Tensor):
             raise ZooError(f"{name}: expected data (x, y) with x a tensor of images (points, C, H, W)")
         x = args[0]
@@ -72,9 +83,7 @@ def image_validator(name: str, image_shape, num_classes: int):
                            f"{float(x.max()):.3g}]; divide 8-bit images by 255")
         y = args[1] if len(args) > 1 else None
         if y is not None:
-            check_labels(name, y, num_classes)
-
-    return validate
+            check_labels(name, y, self.num_classes)
 
 
 def check_labels(name: str, y: torch.Tensor, num_classes: int) -> None:
@@ -106,14 +115,11 @@ def _build(name, data, image_shape, channels, hidden, num_classes, prior_scale, 
     config = dict(image_shape=list(image_shape), channels=list(channels), hidden=int(hidden),
                   num_classes=int(num_classes), prior_scale=prior_scale, dropout=dropout,
                   conv_dropout=conv_dropout)
-    return ZooModel(
-        net, guides={"mean-field": mean_field, "mc-dropout": mc_dropout}, config=config,
-        validate=image_validator(name, image_shape, num_classes),
-        init_loc_fn=init_at(net.sites),
-        fit_defaults={"svi": {"batch_size": 128, "lr": 1e-3, "num_epochs": 5},
-                      "laplace": LAST_LAYER_LAPLACE},
-        num_samples=100, refused=nuts_refusal("LeNet", net.sites), last_layer=["w3", "b3"], predict_batch=64,
-        vectorized=True,
+    return LeNetModel(
+        name, net, int(num_classes), guides={"mean-field": mean_field, "mc-dropout": mc_dropout}, config=config,
+        init_loc_fn=init_at(net.sites), last_layer=["w3", "b3"], vectorized=True,
+        defaults=Defaults(fit={"svi": {"batch_size": 128, "lr": 1e-3, "num_epochs": 5}, "laplace": LAST_LAYER_LAPLACE},
+                          num_samples=100, predict_batch=64),
     )
 
 
@@ -139,5 +145,5 @@ def lenet(*, data=None, image_shape=(1, 28, 28), channels=(20, 50), hidden: int 
           num_classes: int = 10, prior_scale: float = 1.0) -> ZooModel:
     """LeNet-5 trained to a point estimate: the baseline every bayes-lenet benchmark compares to."""
     zm = _build("lenet", data, image_shape, channels, hidden, num_classes, prior_scale, 0.0, 0.0)
-    zm.num_samples = 1
+    zm.defaults = replace(zm.defaults, num_samples=1)
     return zm

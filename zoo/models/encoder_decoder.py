@@ -21,9 +21,10 @@ from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
 from .. import _noise as noise
-from .._data import training_arrays
+from .._data import as_args, training_arrays
 from .._errors import ZooError
-from .._model import ZooModel
+from .._model import Defaults, ZooModel
+from ..inference.generative import GenerativePosterior
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
 PRIORS = ("normal", "laplace")
@@ -177,11 +178,23 @@ def check_inputs(name: str, args: tuple, input_shape) -> torch.Tensor:
     return x
 
 
-def validator(name: str, input_shape, likelihood: str) -> Callable:
-    """Checks the data a fit or a likelihood sees: the input shape and the likelihood's support."""
+class AutoencoderModel(ZooModel):
+    """An autoencoder: fitted to x alone, its per-point codes drawn by an amortised encoder; x is checked against
+    the input shape and the likelihood's support, and a fit returns a :class:`GenerativePosterior`."""
 
-    def validate(args):
-        x = check_inputs(name, args, input_shape)
+    posterior_class = GenerativePosterior
+
+    def __init__(self, name: str, network: AutoEncoder, **kwargs):
+        super().__init__(network.model, modules={"encoder": network.encoder, "decoder": network.decoder},
+                         local_latents=True, vectorized=True, **kwargs)
+        self.label, self.network = name, network
+
+    def arguments(self, data, device=None):
+        return as_args(data, device=device, inputs_only=True)
+
+    def validate(self, args):
+        name, likelihood = self.label, self.network.decoder.likelihood
+        x = check_inputs(name, args, self.network.input_shape)
         if likelihood == "gaussian" or not x.numel():
             return
         if x.min() < 0 or x.max() > 1:
@@ -191,8 +204,6 @@ def validator(name: str, input_shape, likelihood: str) -> Callable:
             raise ZooError(f"{name}: the bernoulli likelihood needs binary pixels (0 or 1), got grey levels; "
                            "load binarised data (zoo.datasets.load('mnist', binarize=True)) or build the "
                            "model with likelihood='continuous-bernoulli' or 'gaussian'")
-
-    return validate
 
 
 def build_autoencoder(name: str, data, *, input_shape, latent_dim: int, hidden, activation: str,
@@ -223,8 +234,5 @@ def build_autoencoder(name: str, data, *, input_shape, latent_dim: int, hidden, 
     ae = AutoEncoder(input_shape, latent_dim, hidden, activation, likelihood, sigma, prior, prior_scale,
                      num_flows, flow_hidden, corruption, decoder_hidden)
     guides = {code: (lambda zm, code=code: ae.guide_for(code)) for code in codes}
-    return ZooModel(ae.model, guides=guides, config={**config, "input_shape": list(input_shape)},
-                    validate=validator(name, input_shape, likelihood),
-                    fit_defaults={"svi": dict(AE_SVI_DEFAULTS)}, refused=dict(REFUSED),
-                    modules={"encoder": ae.encoder, "decoder": ae.decoder},
-                    autoencoder=ae, vectorized=True)
+    return AutoencoderModel(name, ae, guides=guides, config={**config, "input_shape": list(input_shape)},
+                            defaults=Defaults(fit={"svi": dict(AE_SVI_DEFAULTS)}))

@@ -14,7 +14,7 @@ import torch
 
 from .._data import training_arrays
 from .._errors import ZooError
-from .._model import ZooModel
+from .._model import Display, ZooModel
 from .._registry import register_model
 
 GUIDES = ("full-rank", "mean-field", "low-rank", "delta")
@@ -141,16 +141,20 @@ class GLM:
             return pyro.sample("y", dist.Poisson(eta.clamp(max=80.0).exp()), obs=obs)
 
 
-def _glm_validator(name: str, family: str, in_features: int | None):
-    def validate(args):
-        if not args:
-            raise ZooError(f"{name}: expected data (x, y) or x, with x a tensor of shape (points, features)")
-        if len(args) > 2:
-            raise ZooError(f"{name}: expected data (x, y), got {len(args)} arrays")
-        x = _check_x(name, args[0], in_features)
-        _check_y(name, args[1] if len(args) > 1 else None, x.shape[0], LIKELIHOODS[family])
+class GLMModel(ZooModel):
+    """A GLM: data (x, y), x checked against the features it was built for, y against the family's support."""
 
-    return validate
+    def __init__(self, name: str, glm: GLM, in_features: int | None, **kwargs):
+        super().__init__(glm, **kwargs)
+        self.label, self.in_features = name, in_features
+
+    def validate(self, args):
+        if not args:
+            raise ZooError(f"{self.label}: expected data (x, y) or x, with x a tensor of shape (points, features)")
+        if len(args) > 2:
+            raise ZooError(f"{self.label}: expected data (x, y), got {len(args)} arrays")
+        x = _check_x(self.label, args[0], self.in_features)
+        _check_y(self.label, args[1] if len(args) > 1 else None, x.shape[0], LIKELIHOODS[self.model.family])
 
 
 def _glm(name: str, family: str, data, in_features, prior_scale, prior_scale_intercept,
@@ -158,15 +162,15 @@ def _glm(name: str, family: str, data, in_features, prior_scale, prior_scale_int
     _positive("prior_scale", prior_scale, prior_scale_intercept=prior_scale_intercept,
               noise_prior_scale=noise_prior_scale)
     in_features = _features(name, data, in_features)
-    if data is not None:
-        _glm_validator(name, family, in_features)(tuple(training_arrays(data)))
     config = dict(in_features=in_features, prior_scale=prior_scale, prior_scale_intercept=prior_scale_intercept)
     if family == "linear":
         config["noise_prior_scale"] = noise_prior_scale
-    return ZooModel(GLM(family, prior_scale, prior_scale_intercept, noise_prior_scale), config=config,
-                    validate=_glm_validator(name, family, in_features), dims={"beta": ["feature"]},
-                    summary_sites=["alpha", "beta", "sigma"] if family == "linear" else ["alpha", "beta"],
-                    vectorized=True)
+    summary = ["alpha", "beta", "sigma"] if family == "linear" else ["alpha", "beta"]
+    zm = GLMModel(name, GLM(family, prior_scale, prior_scale_intercept, noise_prior_scale), in_features,
+                  config=config, display=Display(summary_sites=summary, dims={"beta": ["feature"]}), vectorized=True)
+    if data is not None:
+        zm.validate(tuple(training_arrays(data)))
+    return zm
 
 
 @register_model("linear-regression", task="regression", family="glm",
@@ -249,18 +253,28 @@ def _hier_arrays(data):
     return tuple(torch.as_tensor(a) for a in split)
 
 
-def _hier_validator(in_features: int | None, num_groups: int):
-    name = "hierarchical-regression"
+class HierarchicalModel(ZooModel):
+    """Varying intercepts and slopes: data (x, group, y) checked against the features and groups it was built for;
+    the centred parameterisation refuses laplace."""
 
-    def validate(args):
+    def __init__(self, model: HierarchicalRegression, in_features: int | None, **kwargs):
+        super().__init__(model, **kwargs)
+        self.in_features = in_features
+
+    def validate(self, args):
+        name, num_groups = "hierarchical-regression", self.model.num_groups
         if len(args) not in (2, 3):
             raise ZooError(f"{name}: expected data (x, group, y) or (x, group) with group integer ids in "
                            f"[0, {num_groups - 1}]; got {len(args)} array(s)")
-        x = _check_x(name, args[0], in_features)
+        x = _check_x(name, args[0], self.in_features)
         _check_group(name, args[1], x.shape[0], num_groups)
         _check_y(name, args[2] if len(args) > 2 else None, x.shape[0], "real")
 
-    return validate
+    def refusal(self, backend):
+        # the centred joint density grows without bound as tau -> 0 with every group at mu: it has no MAP
+        if backend == "laplace" and not self.model.noncentered:
+            return CENTRED_NO_MODE
+        return super().refusal(backend)
 
 
 @register_model("hierarchical-regression", task="regression", family="hierarchical",
@@ -292,7 +306,6 @@ def hierarchical_regression(*, data=None, in_features: int | None = None, num_gr
             num_groups = seen
         elif seen > num_groups:
             raise ZooError(f"{name}: num_groups={num_groups} but the data have group ids up to {seen - 1}")
-        _hier_validator(in_features, num_groups)(arrays)
     if num_groups is None:
         raise ZooError(f"{name}: give data= (x, group, y) or num_groups= to size the group plate")
     if int(num_groups) < 1:
@@ -303,8 +316,9 @@ def hierarchical_regression(*, data=None, in_features: int | None = None, num_gr
                   prior_scale_mu=prior_scale_mu, prior_scale_tau=prior_scale_tau, noise_prior_scale=noise_prior_scale)
     dims = {"alpha": ["group"], "alpha_raw": ["group"], "beta": ["group", "feature"],
             "beta_raw": ["group", "feature"], "mu_beta": ["feature"], "tau_beta": ["feature"]}
-    # the centred joint density grows without bound as tau -> 0 with every group at mu: it has no MAP
-    refused = {} if model.noncentered else {"laplace": CENTRED_NO_MODE}
-    return ZooModel(model, config=config, validate=_hier_validator(in_features, num_groups), dims=dims,
-                    summary_sites=["mu_alpha", "tau_alpha", "mu_beta", "tau_beta", "sigma"], refused=refused,
-                    vectorized=True)
+    summary = ["mu_alpha", "tau_alpha", "mu_beta", "tau_beta", "sigma"]
+    zm = HierarchicalModel(model, in_features, config=config, display=Display(summary_sites=summary, dims=dims),
+                           vectorized=True)
+    if data is not None:
+        zm.validate(arrays)
+    return zm

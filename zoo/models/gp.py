@@ -27,7 +27,7 @@ from torch import nn
 
 from .._data import training_arrays
 from .._errors import ZooError
-from .._model import ZooModel
+from .._model import Defaults, Display, ZooModel
 from .._registry import register_model
 from .cnn import check_labels
 from .layers import strip_plate_slot
@@ -229,18 +229,29 @@ def _build(name: str, x, widths, num_inducing, kernel: str, likelihood: str, con
             raise ZooError(f"{name}: {message}")
     gp = DeepGP(x, widths, num_inducing, kernel, likelihood)
     num_classes = widths[-1] if likelihood == "softmax" else 2 if likelihood == "bernoulli" else None
+    defaults = Defaults(fit={"svi": {"lr": 0.05, "batch_size": 10000, "num_steps": 2000, "elbo": "meanfield"}},
+                        num_samples=100, predict_batch=256)
+    return VariationalGPModel(name, gp, x.shape[1], num_classes, guides={"inducing": lambda zm: gp.guide},
+                              config=config, modules={"gp": gp}, local_latents=True, vectorized=True,
+                              defaults=defaults, display=Display(dims=gp.dims()))
 
-    def validate(args):
-        check_inputs(name, args, x.shape[1])
+
+class VariationalGPModel(ZooModel):
+    """An SVGP or deep GP: x checked against its inputs, labels against its classes; its kernel hyperparameters,
+    inducing inputs and noise are point estimates, shown beside the draws."""
+
+    def __init__(self, name: str, gp: DeepGP, in_features: int, num_classes: int | None, **kwargs):
+        super().__init__(gp.model, **kwargs)
+        self.label, self.gp, self.in_features, self.num_classes = name, gp, in_features, num_classes
+
+    def validate(self, args):
+        check_inputs(self.label, args, self.in_features)
         y_arg = args[1] if len(args) > 1 else None
-        if y_arg is not None and num_classes is not None:
-            check_labels(name, y_arg, num_classes)
+        if y_arg is not None and self.num_classes is not None:
+            check_labels(self.label, y_arg, self.num_classes)
 
-    return ZooModel(gp.model, guides={"inducing": lambda zm: gp.guide}, config=config, validate=validate,
-                    modules={"gp": gp}, local_latents=True, num_samples=100, predict_batch=256,
-                    point_estimates=gp.hyperparameters, dims=gp.dims(),
-                    fit_defaults={"svi": {"lr": 0.05, "batch_size": 10000, "num_steps": 2000, "elbo": "meanfield"}},
-                    vectorized=True)
+    def point_estimates(self):
+        return self.gp.hyperparameters()
 
 
 @register_model("svgp", likelihood="f ~ GP(0, k); y ~ Normal(f, noise) | Bernoulli | Categorical", **CARD,

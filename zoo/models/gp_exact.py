@@ -10,7 +10,7 @@ import torch
 
 from .._data import training_arrays
 from .._errors import ZooError
-from .._model import ZooModel
+from .._model import Defaults, Display, ZooModel
 from .._registry import register_model
 from .gp import check_inputs
 from .layers import strip_plate_slot
@@ -87,9 +87,25 @@ def gp_exact(*, data=None, kernel: str = "rbf") -> ZooModel:
     if x.shape[0] > 2000:
         raise ZooError(f"gp-exact: {x.shape[0]} training points make an n x n covariance per draw; "
                        "use svgp or dgp for more than 2,000")
-    gp = ExactGP(x, y, kernel)
+    display = Display(summary_sites=["lengthscale", "outputscale", "noise"], dims={"lengthscale": ["input"]})
+    return ExactGPModel(ExactGP(x, y, kernel), config={"kernel": kernel}, defaults=Defaults(num_samples=200),
+                        display=display, vectorized=True)
 
-    return ZooModel(gp.model, predictive=gp.predictive, config={"kernel": kernel},
-                    validate=lambda args: check_inputs("gp-exact", args, x.shape[1]),
-                    summary_sites=["lengthscale", "outputscale", "noise"], num_samples=200,
-                    dims={"lengthscale": ["input"]}, built_from=(x, y), vectorized=True)
+
+class ExactGPModel(ZooModel):
+    """An exact GP: fitted on the joint likelihood of its training targets, it predicts through the conditional
+    on them, so it is rebuilt from its training split."""
+
+    def __init__(self, gp: ExactGP, **kwargs):
+        super().__init__(gp.model, **kwargs)
+        self.gp = gp
+
+    def validate(self, args):
+        check_inputs("gp-exact", args, self.gp.x.shape[1])
+
+    @property
+    def predictive(self):
+        return self.gp.predictive
+
+    def rebuild_data(self):
+        return self.gp.x, self.gp.y

@@ -19,9 +19,14 @@ def strip_plate_slot(value: torch.Tensor, event_dim: int) -> torch.Tensor:
 
     Under ``pyro.plate("_draws", S, dim=-2)`` (Predictive, vectorised particles) a weight of
     event shape ``(o, i)`` arrives as ``(S, 1, o, i)``; the network wants ``(S, o, i)`` so that its
-    outputs come out as ``(S, n, ...)`` with ``n`` on the data plate's dim -1.
+    outputs come out as ``(S, n, ...)`` with ``n`` on the data plate's dim -1. The squeezed weight keeps the
+    per-example noise its guide registered (vectorised ELBO particles).
     """
-    return value.squeeze(-event_dim - 1) if value.dim() > event_dim else value
+    if value.dim() <= event_dim:
+        return value
+    squeezed = value.squeeze(-event_dim - 1)
+    noise.alias(squeezed, value)
+    return squeezed
 
 
 def layer_sizes(in_features: int, hidden, out_features: int) -> list[tuple[int, int]]:
@@ -60,30 +65,35 @@ def dense(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, tied:
 
     Mean-field weights use the local reparameterisation (the exact per-example output Gaussian), or
     flipout when ``tied`` (the same per-example weight sample at every use, as a recurrence needs).
+    Weights with leading draw dims (vectorised ELBO particles) get noise per draw and example.
     """
     entry = noise.lookup(w)
-    if entry is None:
-        out = x @ w.transpose(-1, -2)
-    elif entry.kind == "dropout":
-        out = (x * entry.per_example("in", x.shape, lambda s: noise.mask(s, entry.keep, x.device))) @ entry.loc.T
-    elif tied:
-        s_in = entry.per_example("in", x.shape, lambda s: noise.signs(s, x.device))
-        s_out = entry.per_example("out", (*x.shape[:-1], w.shape[0]), lambda s: noise.signs(s, x.device))
-        out = x @ entry.loc.T + ((x * s_in) @ (w - entry.loc).T) * s_out
-    else:
-        mean, var = x @ entry.loc.T, (x * x) @ (entry.scale * entry.scale).T
-        out = mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
+    out = x @ w.transpose(-1, -2) if entry is None else _noisy_dense(x, w, entry, tied)
     return out if b is None else out + b.unsqueeze(-2)
+
+
+def _noisy_dense(x: torch.Tensor, w: torch.Tensor, entry, tied: bool) -> torch.Tensor:
+    inputs = torch.broadcast_shapes(x.shape, (*w.shape[:-2], 1, 1))
+    outputs = (*inputs[:-1], w.shape[-2])
+    if entry.kind == "dropout":
+        return (x * entry.per_example("in", inputs, lambda s: noise.mask(s, entry.keep, x.device))) @ entry.loc.T
+    if tied:
+        s_in = entry.per_example("in", inputs, lambda s: noise.signs(s, x.device))
+        s_out = entry.per_example("out", outputs, lambda s: noise.signs(s, x.device))
+        return x @ entry.loc.T + ((x * s_in) @ (w - entry.loc).transpose(-1, -2)) * s_out
+    mean, var = x @ entry.loc.T, (x * x) @ (entry.scale * entry.scale).T
+    return mean + var.clamp_min(1e-16).sqrt() * torch.randn(outputs, device=x.device)
 
 
 def conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """2-D convolution of images ``(*draws, n, C, H, W)`` by kernels ``(*draws, O, C, k, k)``.
 
     Draws of the kernels run as one grouped convolution. Under per-example noise, dropout masks
-    whole input channels of each example and mean-field kernels use flipout (Wen et al. 2018).
+    whole input channels of each example and mean-field kernels use flipout (Wen et al. 2018); kernels with
+    draw dims (vectorised ELBO particles) are used as sampled, without per-example noise.
     """
     entry = noise.lookup(w)
-    if entry is not None and x.dim() == 4:
+    if entry is not None and x.dim() == 4 and w.dim() == 4:
         n, c = x.shape[:2]
         if entry.kind == "dropout":
             z = entry.per_example("in", (n, c, 1, 1), lambda s: noise.mask(s, entry.keep, x.device))

@@ -3,6 +3,8 @@ forecasting) and the deterministic twin ``lstm``."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -10,17 +12,17 @@ from pyro.distributions import constraints
 
 from .._data import training_arrays
 from .._errors import ZooError
-from .._model import ZooModel
+from .._model import Defaults, Display, ZooModel
 from .._registry import register_model
 from .cnn import check_labels
 from .layers import dense, observe, weight
+from .network_model import NetworkModel
 from .weight_guides import (
     LAST_LAYER_LAPLACE,
     WeightSite,
     init_at,
     mc_dropout_guide,
     mean_field_guide,
-    nuts_refusal,
     with_dropout,
 )
 
@@ -90,8 +92,17 @@ def lstm(inputs, lengths, w_ih, w_hh, b):
     return h
 
 
-def _text_validator(name, vocab_size, num_classes):
-    def validate(args):
+class TextLSTMModel(NetworkModel):
+    """An LSTM sentence classifier: x checked as padded token ids of its vocabulary, y against its classes."""
+
+    kind = "LSTM"
+
+    def __init__(self, name: str, net, vocab_size: int, num_classes: int, **kwargs):
+        super().__init__(net, **kwargs)
+        self.label, self.vocab_size, self.num_classes = name, vocab_size, num_classes
+
+    def validate(self, args):
+        name, vocab_size = self.label, self.vocab_size
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.is_floating_point():
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -104,13 +115,20 @@ def _text_validator(name, vocab_size, num_classes):
         if len(empty):
             raise ZooError(f"{name}: sequence rows {empty[:5].tolist()} are empty (all padding); drop them")
         if len(args) > 1 and args[1] is not None:
-            check_labels(name, args[1], num_classes)
-
-    return validate
+            check_labels(name, args[1], self.num_classes)
 
 
-def _series_validator(name, in_features):
-    def validate(args):
+class SeriesLSTMModel(NetworkModel):
+    """An LSTM forecaster: x checked as float windows of its features, y as one float target per window."""
+
+    kind = "LSTM"
+
+    def __init__(self, name: str, net, in_features: int, **kwargs):
+        super().__init__(net, **kwargs)
+        self.label, self.in_features = name, in_features
+
+    def validate(self, args):
+        name, in_features = self.label, self.in_features
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != in_features or x.shape[1] == 0:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -120,10 +138,9 @@ def _series_validator(name, in_features):
         if y is not None and (y.dim() != 1 or not y.is_floating_point()):
             raise ZooError(f"{name}: y must be a float vector, one target per window; got {tuple(y.shape)}")
 
-    return validate
 
-
-def _zoo_model(name, net, validate, config, dropout, fit_defaults):
+def _contract(net, config, dropout, fit_defaults) -> dict:
+    """What every LSTM model shares: its guides, start, output layer, defaults and display."""
     regression = net.task == "regression"
     extra = {"precision": (10.0, constraints.positive)} if regression else {}
 
@@ -131,13 +148,14 @@ def _zoo_model(name, net, validate, config, dropout, fit_defaults):
         return mean_field_guide("mean_field", net.sites, init_scale, extra)
 
     def variational_dropout(zm, p: float = dropout):
-        return mc_dropout_guide("mc_dropout", with_dropout(net.sites, {"w_ih": p, "w_hh": p, "w_out": p}), extra)
+        # a series' inputs are the signal itself (not an embedding): dropping them blinds whole windows
+        rates = {"w_ih": p if net.task == "classification" else 0.0, "w_hh": p, "w_out": p}
+        return mc_dropout_guide("mc_dropout", with_dropout(net.sites, rates), extra)
 
-    return ZooModel(net, guides={"mean-field": mean_field, "mc-dropout": variational_dropout}, config=config,
-                    validate=validate, init_loc_fn=init_at(net.sites, {"precision": 10.0}),
-                    fit_defaults=fit_defaults, num_samples=100, refused=nuts_refusal("LSTM", net.sites),
-                    last_layer=["w_out", "b_out"], predict_batch=256,
-                    summary_sites=["precision"] if regression else [], vectorized=True)
+    return dict(guides={"mean-field": mean_field, "mc-dropout": variational_dropout}, config=config,
+                init_loc_fn=init_at(net.sites, {"precision": 10.0}), last_layer=["w_out", "b_out"], vectorized=True,
+                defaults=Defaults(fit=fit_defaults, num_samples=100, predict_batch=256),
+                display=Display(summary_sites=["precision"] if regression else []))
 
 
 TEXT_DEFAULTS = {"svi": {"batch_size": 64, "lr": 3e-3, "num_epochs": 3},
@@ -156,7 +174,7 @@ def _text_model(name, data, vocab_size, embed_dim, hidden, num_classes, prior_sc
     net = BayesianLSTM("classification", embed_dim, hidden, num_classes, prior_scale, vocab_size=vocab_size)
     config = dict(vocab_size=vocab_size, embed_dim=embed_dim, hidden=hidden, num_classes=num_classes,
                   prior_scale=prior_scale, dropout=dropout)
-    return _zoo_model(name, net, _text_validator(name, vocab_size, num_classes), config, dropout, TEXT_DEFAULTS)
+    return TextLSTMModel(name, net, vocab_size, num_classes, **_contract(net, config, dropout, TEXT_DEFAULTS))
 
 
 @register_model("bayes-lstm", task="classification", family="bayesian-rnn",
@@ -179,7 +197,7 @@ def lstm_classifier(*, data=None, vocab_size: int | None = None, embed_dim: int 
                     num_classes: int | None = None, prior_scale: float = 1.0) -> ZooModel:
     """LSTM sentence classifier trained to a point estimate: the baseline for bayes-lstm."""
     zm = _text_model("lstm", data, vocab_size, embed_dim, hidden, num_classes, prior_scale, 0.0)
-    zm.num_samples = 1
+    zm.defaults = replace(zm.defaults, num_samples=1)
     return zm
 
 
@@ -199,5 +217,4 @@ def bayes_lstm_regressor(*, data=None, in_features: int | None = None, hidden: i
     config = dict(in_features=in_features, hidden=hidden, prior_scale=prior_scale, dropout=dropout)
     defaults = {"svi": {"batch_size": 64, "lr": 3e-3, "num_epochs": 20},
                 "laplace": LAST_LAYER_LAPLACE}
-    return _zoo_model("bayes-lstm-regressor", net, _series_validator("bayes-lstm-regressor", in_features),
-                      config, dropout, defaults)
+    return SeriesLSTMModel("bayes-lstm-regressor", net, in_features, **_contract(net, config, dropout, defaults))

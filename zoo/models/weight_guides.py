@@ -112,15 +112,6 @@ def with_dropout(sites: list[WeightSite], rates: dict[str, float]) -> list[Weigh
     return [replace(site, dropout=rates.get(site.name, 0.0)) for site in sites]
 
 
-def nuts_refusal(kind: str, sites: list[WeightSite], max_weights: int = 5_000) -> dict[str, str]:
-    """``{"nuts": reason}`` when the net has more than ``max_weights`` weights (point sites not counted)."""
-    count = sum(math.prod(site.shape) for site in sites if not site.point)
-    if count <= max_weights:
-        return {}
-    return {"nuts": f"this {kind} has {count:,} weights; NUTS over that many dimensions would take days. "
-                    f"Use svi or laplace, or a tiny config (at most {max_weights:,} weights)"}
-
-
 def init_at(sites: list[WeightSite], extra: dict | None = None):
     """``init_loc_fn`` for autoguides (the MAP twins): each weight site starts at its own init,
     the sites in ``extra`` (name -> value) at that value."""
