@@ -99,3 +99,44 @@ def test_nuts_into_a_region_where_the_model_is_undefined_keeps_finite_draws():
                        seed=0)
     m = post.samples["m"]
     assert torch.isfinite(m).all() and float(m.max()) <= 1.0 and int(post.sample_stats["diverging"].sum()) > 0
+
+
+def test_an_interrupted_nuts_chain_keeps_its_draws():
+    import pyro
+    import pyro.distributions as dist
+
+    calls = [0]
+
+    def model(y=None):
+        calls[0] += 1
+        if calls[0] == 500:  # Ctrl-C, well after warmup (at most 8 leapfrog steps per iteration)
+            raise KeyboardInterrupt
+        m = pyro.sample("m", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 5):
+            return pyro.sample("y", dist.Normal(m, 1.0), obs=y)
+
+    with pytest.warns(zoo.ZooWarning, match="nuts: interrupted with draws per chain"):
+        post = zoo.fit(model, (torch.zeros(5),), "nuts", num_warmup=10, num_samples=1000, num_chains=1,
+                       max_tree_depth=3, seed=0)
+    assert post.status.interrupted and 10 < post.num_draws < 1000
+    assert torch.isfinite(post.samples["m"]).all() and post.sample_stats["lp"].shape == (1, post.num_draws)
+
+
+def test_ctrl_c_ends_the_loop_after_the_step_under_way():
+    import os
+    import signal
+
+    from zoo.inference.loop import run_steps
+
+    finished = []
+
+    def step(t):
+        if t == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step, as a user's Ctrl-C does
+        finished.append(t)
+        return 1.0
+
+    status = run_steps(100, step, "svi", progress=False)
+    assert finished == [0, 1, 2, 3] and status.steps_done == 4
+    assert status.interrupted == "svi: interrupted at step 4 of 100"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was

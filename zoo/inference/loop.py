@@ -4,7 +4,10 @@ state, Ctrl-C that keeps the work done, and a convergence check of the loss."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ._progress import progress_bar
@@ -61,30 +64,55 @@ def run_steps(num_steps: int, step: Callable[[int], float | None], label: str, p
     status = Status(num_steps=num_steps)
     losses = [] if losses is None else losses
     bar = None
-    try:  # the bar is made inside: a Ctrl-C as it appears is an interrupt like any other
-        bar = progress_bar(num_steps, label, progress)
-        for t in range(num_steps):
-            try:
-                loss = step(t)
-            except NonFinite as bad:
-                status.stopped = (f"{label}: {bad.what} at step {t}; kept the last finite "
-                                  f"state. {hint[0].upper() + hint[1:]}")
-                break
-            except Converged:
-                status.num_steps = t
-                break
-            status.steps_done += 1
-            if loss is not None:
-                losses.append(loss)
-            if t % 50 == 0:
-                bar.set_postfix(postfix() if postfix else {"loss": f"{loss:.4g}"} if loss is not None else {})
-            bar.update()
-    except KeyboardInterrupt:
-        status.interrupted = f"{label}: interrupted at step {status.steps_done} of {num_steps}"
-    finally:
-        if bar is not None:
-            bar.close()
+    with _ctrl_c_between_steps() as requested:
+        try:  # the bar is made inside: a Ctrl-C as it appears is an interrupt like any other
+            bar = progress_bar(num_steps, label, progress)
+            for t in range(num_steps):
+                try:
+                    loss = step(t)
+                except NonFinite as bad:
+                    status.stopped = (f"{label}: {bad.what} at step {t}; kept the last finite "
+                                      f"state. {hint[0].upper() + hint[1:]}")
+                    break
+                except Converged:
+                    status.num_steps = t
+                    break
+                status.steps_done += 1
+                if loss is not None:
+                    losses.append(loss)
+                if requested():
+                    raise KeyboardInterrupt
+                if t % 50 == 0:
+                    bar.set_postfix(postfix() if postfix else {"loss": f"{loss:.4g}"} if loss is not None else {})
+                bar.update()
+        except KeyboardInterrupt:
+            status.interrupted = f"{label}: interrupted at step {status.steps_done} of {num_steps}"
+        finally:
+            if bar is not None:
+                bar.close()
     return status
+
+
+@contextmanager
+def _ctrl_c_between_steps() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C asks the loop to stop after the step under way instead of raising inside it: an interrupt
+    in the middle of a step (or of a lazy import torch does there) would leave broken state behind. A
+    second Ctrl-C raises at once. Off the main thread, where Python cannot handle signals, Ctrl-C raises."""
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous in (None, signal.SIG_IGN):  # not ours to handle, or ignored by whoever started us
+        yield lambda: False
+        return
+    asked = []
+
+    def ask(signum, frame):
+        asked.append(signum)
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, ask)
+    try:
+        yield lambda: bool(asked)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def check_finite(value: float) -> float:
