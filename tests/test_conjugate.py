@@ -40,14 +40,16 @@ CASES = [
     ("svi", dict(guide="full-rank", num_steps=2000, lr=0.05, lr_decay=0.01, num_samples=4000), 0.2, 0.12),
     ("laplace", dict(curvature="exact", num_steps=1500, lr=0.05, tune_prior=False, num_samples=4000),
      0.05, 0.06),
-    ("nuts", dict(num_warmup=200, num_chains=2, num_samples=400), 0.25, 0.2),
+    ("nuts", dict(num_warmup=200, num_chains=4, num_samples=400), 0.2, 0.15),
+    ("nuts-dense", dict(num_warmup=200, num_chains=4, num_samples=400, dense_mass=True), 0.2, 0.15),
+    ("pyro-nuts", dict(num_warmup=200, num_chains=2, num_samples=400), 0.25, 0.2),
 ]
 
 
 @pytest.mark.parametrize("backend, options, mean_tol, sd_tol", CASES, ids=[c[0] for c in CASES])
 def test_backend_matches_exact_posterior(linear_model, problem, backend, options, mean_tol, sd_tol):
     data, mean, sd = problem
-    post = zoo.fit(linear_model, data, backend, seed=0, **options)
+    post = zoo.fit(linear_model, data, backend.removesuffix("-dense"), seed=0, **options)
     draws = post.flat_samples()["w"]
     assert ((draws.mean(0) - mean).abs() / sd).max() < mean_tol
     assert ((draws.std(0) - sd).abs() / sd).max() < sd_tol
@@ -61,9 +63,9 @@ def test_laplace_evidence_is_exact_for_a_gaussian_model(linear_model, problem):
     assert post.info["log_marginal_likelihood"] == pytest.approx(float(marginal.log_prob(y)), abs=1e-2)
 
 
-def test_nuts_jit_draws_equal_eager_draws(linear_model, problem):
+def test_pyro_nuts_jit_draws_equal_eager_draws(linear_model, problem):
     """TorchScript traces the same log density: with one seed the chains are the same chain."""
     data, _, _ = problem
-    eager, traced = (zoo.fit(linear_model, data, "nuts", num_warmup=50, num_samples=50, num_chains=1, seed=3,
+    eager, traced = (zoo.fit(linear_model, data, "pyro-nuts", num_warmup=50, num_samples=50, num_chains=1, seed=3,
                              jit=jit).flat_samples()["w"] for jit in (False, True))
     assert torch.allclose(eager, traced, atol=1e-4)

@@ -188,13 +188,13 @@ def test_parallel_chains_in_forked_processes():
     x = torch.randn(30, 2, generator=gen)
     y = x @ torch.tensor([1.0, -1.0]) + 0.3 * torch.randn(30, generator=gen)
     zm = zoo.load("bnn", in_features=2, hidden=[], noise_scale=0.3)  # Bayesian linear regression
-    post = zoo.fit(zm, (x, y), "nuts", num_warmup=100, num_chains=2, parallel=True, num_samples=100, seed=0)
+    post = zoo.fit(zm, (x, y), "pyro-nuts", num_warmup=100, num_chains=2, parallel=True, num_samples=100, seed=0)
     assert post.info["parallel_chains"] and post.num_chains == 2
     w = post.samples["w0"]
     assert not torch.equal(w[0], w[1])  # the chains were seeded apart
     torch.testing.assert_close(w.mean((0, 1)).squeeze(), torch.tensor([1.0, -1.0]), atol=0.2, rtol=0)
     # each chain is seeded from the caller's stream, so forking does not change the draws
-    sequential = zoo.fit(zm, (x, y), "nuts", num_warmup=100, num_chains=2, parallel=False, num_samples=100, seed=0)
+    sequential = zoo.fit(zm, (x, y), "pyro-nuts", num_warmup=100, num_chains=2, parallel=False, num_samples=100, seed=0)
     torch.testing.assert_close(sequential.samples["w0"], w)
 
 
@@ -214,4 +214,4 @@ def test_a_chain_whose_process_dies_is_an_error_not_a_hang(monkeypatch):
     x, y = torch.randn(20, 2), torch.randn(20)
     zm = zoo.load("bnn", in_features=2, hidden=[], noise_scale=1.0)
     with pytest.raises(zoo.ZooError, match=r"chain 1 died in its process \(exit code 3\)"):
-        zoo.fit(zm, (x, y), "nuts", num_warmup=20, num_chains=2, parallel=True, num_samples=20, seed=0)
+        zoo.fit(zm, (x, y), "pyro-nuts", num_warmup=20, num_chains=2, parallel=True, num_samples=20, seed=0)

@@ -82,7 +82,8 @@ def test_an_earlier_run_is_replaced_only_with_overwrite(tmp_path, capsys):
     assert json.loads((out / "zoo.json").read_text())["method"] == "laplace"
 
 
-def test_nuts_into_a_region_where_the_model_is_undefined_keeps_finite_draws():
+@pytest.mark.parametrize("backend", ["nuts", "pyro-nuts"])
+def test_nuts_into_a_region_where_the_model_is_undefined_keeps_finite_draws(backend):
     # above m = 1 the model builds a distribution from nan: Pyro raised there and the chain's work was lost;
     # now such a point has infinite energy, a divergence, and the draws stay on the defined side
     import pyro
@@ -95,13 +96,15 @@ def test_nuts_into_a_region_where_the_model_is_undefined_keeps_finite_draws():
             return pyro.sample("y", dist.Normal(m, 1.0), obs=y)
 
     with pytest.warns(zoo.DiagnosticWarning, match="divergent transitions"):
-        post = zoo.fit(model, (torch.full((5,), 0.8),), "nuts", num_warmup=100, num_samples=100, num_chains=1,
+        post = zoo.fit(model, (torch.full((5,), 0.8),), backend, num_warmup=100, num_samples=100, num_chains=1,
                        seed=0)
     m = post.samples["m"]
     assert torch.isfinite(m).all() and float(m.max()) <= 1.0 and int(post.sample_stats["diverging"].sum()) > 0
 
 
-def test_an_interrupted_nuts_chain_keeps_its_draws():
+# the batched nuts traces the density once; eager, it calls the model at every leapfrog step as pyro-nuts does
+@pytest.mark.parametrize("backend, options", [("nuts", dict(density="eager")), ("pyro-nuts", {})])
+def test_an_interrupted_nuts_chain_keeps_its_draws(backend, options):
     import pyro
     import pyro.distributions as dist
 
@@ -115,9 +118,9 @@ def test_an_interrupted_nuts_chain_keeps_its_draws():
         with pyro.plate("data", 5):
             return pyro.sample("y", dist.Normal(m, 1.0), obs=y)
 
-    with pytest.warns(zoo.ZooWarning, match="nuts: interrupted with draws per chain"):
-        post = zoo.fit(model, (torch.zeros(5),), "nuts", num_warmup=10, num_samples=1000, num_chains=1,
-                       max_tree_depth=3, seed=0)
+    with pytest.warns(zoo.ZooWarning, match=f"{backend}: interrupted (after|with draws)"):
+        post = zoo.fit(model, (torch.zeros(5),), backend, num_warmup=10, num_samples=1000, num_chains=1,
+                       max_tree_depth=3, seed=0, **options)
     assert post.status.interrupted and 10 < post.num_draws < 1000
     assert torch.isfinite(post.samples["m"]).all() and post.sample_stats["lp"].shape == (1, post.num_draws)
 

@@ -1,12 +1,13 @@
-"""Inference backends (svi, laplace, nuts), the Posterior they return, and zoo.fit."""
+"""Inference backends (svi, laplace, nuts, pyro-nuts), the Posterior they return, and zoo.fit."""
 
 from .._errors import DiagnosticWarning, ZooWarning
 from ._base import BACKENDS, Backend, FitResult
 from .fit import fit
 from .laplace import Laplace
-from .mcmc import NUTS
+from .mcmc import PyroNUTS
+from .nuts import NUTS
 from .posterior import Posterior, Prediction
 from .svi import SVI
 
 __all__ = ["BACKENDS", "Backend", "DiagnosticWarning", "FitResult", "Laplace", "NUTS", "Posterior", "Prediction",
-           "SVI", "ZooWarning", "fit"]
+           "PyroNUTS", "SVI", "ZooWarning", "fit"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .flat import PSIS_MAX_DIM
-from .mcmc import NUTS
+from .nuts import NUTS
 
 R_HAT_MAX = 1.01
 ESS_PER_CHAIN = 100

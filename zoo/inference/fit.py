@@ -71,7 +71,7 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
             defaults.pop(length, None)
     options = {**defaults, **options}
     engine = make_backend(backend, options)
-    refusal = zm.refusal(engine.name)
+    refusal = zm.refusal(getattr(engine, "kind", engine.name))
     if refusal:
         raise ZooError(f"model {zm.name!r} does not support backend {engine.name!r}: {refusal}")
     if num_samples is None:

@@ -1,4 +1,5 @@
-"""NUTS (and HMC) through Pyro's kernels, driven one step at a time so every draw and stat is kept."""
+"""``pyro-nuts``: NUTS through Pyro's own kernel, one chain at a time (or one per forked process), driven
+one step at a time so every draw and stat is kept; the cross-check of the batched ``nuts``."""
 
 from __future__ import annotations
 
@@ -61,8 +62,8 @@ class _TreeDepth(Messenger):
 
 @register_backend
 @dataclass
-class NUTS:
-    """The No-U-Turn sampler. ``num_samples`` (given to ``fit``) is the number of draws per chain.
+class PyroNUTS:
+    """Pyro's No-U-Turn sampler. ``num_samples`` (given to ``fit``) is the number of draws per chain.
 
     Parameters
     ----------
@@ -80,7 +81,8 @@ class NUTS:
         for models whose computation does not branch on the latents' values. TorchScript is deprecated.
     """
 
-    name: ClassVar[str] = "nuts"
+    name: ClassVar[str] = "pyro-nuts"
+    kind: ClassVar[str] = "nuts"  # what a model card's backends and refusals call it
     num_warmup: int = 500
     num_chains: int = 2
     target_accept: float = 0.8
@@ -89,11 +91,11 @@ class NUTS:
     parallel: bool | None = None
 
     def fit(self, problem) -> FitResult:
-        check_positive("nuts: num_warmup", self.num_warmup + 1)
-        check_positive("nuts: num_chains", self.num_chains)
-        check_positive("nuts: max_tree_depth", self.max_tree_depth)
+        check_positive(f"{self.name}: num_warmup", self.num_warmup + 1)
+        check_positive(f"{self.name}: num_chains", self.num_chains)
+        check_positive(f"{self.name}: max_tree_depth", self.max_tree_depth)
         if not 0 < self.target_accept < 1:
-            raise ZooError(f"nuts: target_accept must be in (0, 1), got {self.target_accept}")
+            raise ZooError(f"pyro-nuts: target_accept must be in (0, 1), got {self.target_accept}")
         latents, _, theta0 = problem.flat()  # built before forking: every chain shares it
         device = theta0.device
         parallel = (os.cpu_count() or 1) > self.num_chains if self.parallel is None else self.parallel
@@ -109,10 +111,10 @@ class NUTS:
         complete = [r for r in results if not r[2]]
         if len(complete) < self.num_chains:
             done = ", ".join(str(len(r[1])) for r in results)
-            status.interrupted = f"nuts: interrupted with draws per chain {done}; kept the finished chains"
+            status.interrupted = f"pyro-nuts: interrupted with draws per chain {done}; kept the finished chains"
         kept = complete or [max(results, key=lambda r: len(r[1]))]
         if not len(kept[0][1]):
-            raise ZooError("nuts: interrupted before the first draw after warmup; nothing to keep")
+            raise ZooError("pyro-nuts: interrupted before the first draw after warmup; nothing to keep")
         theta = torch.stack([torch.as_tensor(r[0], device=device) for r in kept])  # (chain, draw, D)
         samples = {n: v.detach() for n, v in latents.constrain(theta).items()}
         return FitResult(samples, status=status, sample_stats=DrawStats.stacked([r[1] for r in kept]), info=info)
@@ -183,7 +185,7 @@ class NUTS:
             return None
 
         try:
-            status = run_steps(self.num_warmup + problem.num_samples, step, f"nuts chain {chain}", progress,
+            status = run_steps(self.num_warmup + problem.num_samples, step, f"pyro-nuts chain {chain}", progress,
                                postfix=lambda: {"step": f"{kernel.step_size:.3g}", "depth": state["depth"]})
         finally:
             kernel.cleanup()
@@ -207,11 +209,11 @@ def _collect(queue, workers) -> dict:
             dead = [c for c, w in enumerate(workers) if c not in results and not w.is_alive()]
             if dead and queue.empty():  # a child that reported and exited has its result in the queue
                 code = workers[dead[0]].exitcode
-                raise ZooError(f"nuts: chain {dead[0]} died in its process (exit code {code}) without reporting, "
+                raise ZooError(f"pyro-nuts: chain {dead[0]} died in its process (exit code {code}) without reporting, "
                                "e.g. killed for memory; run with parallel=False to see its error") from None
             continue
         if isinstance(result, str):
-            raise ZooError(f"nuts: chain {chain} failed in its process: {result}")
+            raise ZooError(f"pyro-nuts: chain {chain} failed in its process: {result}")
         results[chain] = result
     return results
 

@@ -1,0 +1,231 @@
+"""Samplers side by side, in one run: the zoo's batched ``nuts`` against ``pyro-nuts`` and NumPyro's NUTS on the
+same models (NumPyro twins written here line by line from the zoo's models; same priors, same data).
+
+For each model and sampler: microseconds per leapfrog step per chain (sampling wall time, warmup included,
+over the leapfrog steps all chains took), minimum bulk ESS over every coordinate, and that ESS per second
+of wall time. NumPyro is timed warm (its second run on the same MCMC object, compilation excluded) and
+cold; the zoo's time is the sampling loop after its one-off trace of the density.
+
+    pip install -e ".[bench]"         # numpyro, jax, jaxlib: references only, never used by the package
+    python benchmarks/samplers.py      # writes benchmarks/results/samplers.{json,md}
+    python benchmarks/samplers.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import torch
+
+import zoo
+from zoo.models.gp_exact import JITTER
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Problem:
+    name: str
+    model: object  # a zoo model
+    args: tuple  # torch tensors
+    numpyro_model: object
+    max_tree_depth: int
+
+
+def _bnn_numpyro(sizes, activation, precision_prior):
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as nd
+
+    act = {"tanh": jnp.tanh, "relu": lambda h: jnp.maximum(h, 0.0)}[activation]
+
+    def model(x, y):
+        h = x
+        for i, (n_in, n_out) in enumerate(sizes):
+            w = numpyro.sample(f"w{i}", nd.Normal(0.0, 1.0).expand([n_out, n_in]).to_event(2))
+            b = numpyro.sample(f"b{i}", nd.Normal(0.0, 1.0).expand([n_out]).to_event(1))
+            h = h @ w.T + b
+            if i < len(sizes) - 1:
+                h = act(h)
+        precision = numpyro.sample("precision", nd.Gamma(*precision_prior))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("y", nd.Normal(h[:, 0], precision ** -0.5), obs=y)
+
+    return model
+
+
+def _eight_schools_numpyro(sigma, y):
+    import numpyro
+    import numpyro.distributions as nd
+
+    mu = numpyro.sample("mu", nd.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", nd.HalfCauchy(5.0))
+    with numpyro.plate("J", len(sigma)):
+        theta_raw = numpyro.sample("theta_raw", nd.Normal(0.0, 1.0))
+        numpyro.sample("obs", nd.Normal(mu + tau * theta_raw, sigma), obs=y)
+
+
+def _gp_numpyro(x, y):
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as nd
+
+    lengthscale = numpyro.sample("lengthscale", nd.LogNormal(jnp.zeros(x.shape[1]), 1.0).to_event(1))
+    outputscale = numpyro.sample("outputscale", nd.LogNormal(0.0, 1.0))
+    noise = numpyro.sample("noise", nd.LogNormal(-2.0, 1.0))
+    a = x / lengthscale
+    d2 = ((a[:, None, :] - a[None, :, :]) ** 2).sum(-1)
+    k = outputscale * jnp.exp(-0.5 * d2) + (noise**2 + JITTER) * jnp.eye(x.shape[0])
+    numpyro.sample("y", nd.MultivariateNormal(jnp.zeros(x.shape[0]), k), obs=y)
+
+
+def eight_schools_model(sigma, y=None):
+    import pyro
+    import pyro.distributions as dist
+
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+    with pyro.plate("J", len(sigma)):
+        theta_raw = pyro.sample("theta_raw", dist.Normal(0.0, 1.0))
+        return pyro.sample("obs", dist.Normal(mu + tau * theta_raw, sigma), obs=y)
+
+
+def problems(names) -> list[Problem]:
+    out = []
+    if "bnn-1-20-1" in names:  # the issue's model: 1-20-1 tanh, 100 points
+        gen = torch.Generator().manual_seed(0)
+        x = torch.linspace(-3, 3, 100).unsqueeze(-1)
+        y = torch.sin(x[:, 0]) + 0.1 * torch.randn(100, generator=gen)
+        model = zoo.load("bnn", in_features=1, hidden=[20], activation="tanh")
+        out.append(Problem("bnn-1-20-1", model, (x, y), _bnn_numpyro([(1, 20), (20, 1)], "tanh", (1.0, 0.01)), 10))
+    if "eight-schools" in names:
+        y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+        sigma = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+        out.append(Problem("eight-schools", eight_schools_model, (sigma, y), _eight_schools_numpyro, 10))
+    if "bnn-yacht" in names or "gp-yacht" in names:
+        data = zoo.datasets.load("yacht", split=0)
+        x, y = data.train.args
+        if "bnn-yacht" in names:
+            sizes = [(x.shape[1], 50), (50, 1)]
+            out.append(Problem("bnn-yacht", zoo.load("bnn", data=data, hidden=[50]), (x, y),
+                               _bnn_numpyro(sizes, "relu", (1.0, 0.01)), 8))
+        if "gp-yacht" in names:
+            out.append(Problem("gp-yacht", zoo.load("gp-exact", data=data), (x, y), _gp_numpyro, 8))
+    return out
+
+
+def min_bulk_ess(samples: dict) -> float:
+    """The smallest bulk ESS over every coordinate of every site; samples are (chain, draw, ...) arrays."""
+    worst = np.inf
+    for value in samples.values():
+        value = np.asarray(value).reshape(*value.shape[:2], -1)
+        for j in range(value.shape[-1]):
+            worst = min(worst, float(az.ess(value[:, :, j], method="bulk")))
+    return worst
+
+
+def run_zoo(problem: Problem, backend: str, chains: int, warmup: int, draws: int) -> dict:
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = zoo.fit(problem.model, problem.args, backend, num_chains=chains, num_warmup=warmup,
+                       num_samples=draws, max_tree_depth=problem.max_tree_depth, seed=0, progress=False)
+    wall = time.perf_counter() - start
+    samples = {k: v.numpy() for k, v in post.samples.items()}
+    if backend == "nuts":
+        seconds, steps, how = post.info["sampling_seconds"], sum(post.info["leapfrog_steps"]), "counted"
+    else:  # Pyro's kernel reports tree depths only: steps over the draws, scaled up to warmup as well
+        depth = post.sample_stats["tree_depth"].double()
+        seconds, steps, how = wall, float((2**depth - 1).sum()) * (warmup + draws) / draws, "from tree depth"
+    return _row(problem, f"zoo {backend}", chains, seconds, wall, steps, samples, how)
+
+
+def run_numpyro(problem: Problem, chains: int, warmup: int, draws: int, method: str) -> dict:
+    import jax
+    from numpyro.infer import MCMC, NUTS
+
+    args = tuple(jax.numpy.asarray(a.numpy()) for a in problem.args)
+    kernel = NUTS(problem.numpyro_model, max_tree_depth=problem.max_tree_depth)
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=method,
+                progress_bar=False)
+    times, steps = [], 0
+    for seed in (0, 1):  # the first run compiles; the second, on the same object, is warm
+        start = time.perf_counter()
+        mcmc.warmup(jax.random.PRNGKey(seed), *args, extra_fields=("num_steps",), collect_warmup=True)
+        warm_steps = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+        mcmc.run(mcmc.post_warmup_state.rng_key, *args, extra_fields=("num_steps",))
+        samples = jax.block_until_ready(mcmc.get_samples(group_by_chain=True))
+        times.append(time.perf_counter() - start)
+        steps = warm_steps + int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    samples = {k: np.asarray(v) for k, v in samples.items()}
+    return _row(problem, f"numpyro ({method})", chains, times[1], times[0], steps, samples, "counted")
+
+
+def _row(problem, sampler, chains, seconds, wall, steps, samples, how) -> dict:
+    ess = min_bulk_ess(samples)
+    return dict(model=problem.name, sampler=sampler, chains=chains, seconds=round(seconds, 2),
+                wall_cold=round(wall, 2), leapfrog_steps=int(steps), steps_counted=how,
+                us_per_leapfrog_per_chain=round(1e6 * seconds / max(steps, 1), 1),
+                min_bulk_ess=round(ess, 1), ess_per_second=round(ess / seconds, 2))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer draws and chain counts (a smoke run)")
+    parser.add_argument("--models", default="bnn-1-20-1,eight-schools,bnn-yacht,gp-yacht")
+    parser.add_argument("--chains", default="1,4,64,256", help="chain counts for the zoo's nuts")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--draws", type=int, default=300)
+    parser.add_argument("--no-numpyro", action="store_true")
+    parser.add_argument("--no-pyro", action="store_true", help="skip pyro-nuts (slow)")
+    parser.add_argument("--out", default=str(RESULTS / "samplers"))
+    opts = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    chain_counts = [1, 4] if opts.quick else [int(c) for c in opts.chains.split(",")]
+    warmup, draws = (50, 50) if opts.quick else (opts.warmup, opts.draws)
+    rows = []
+    for problem in problems(opts.models.split(",")):
+        for chains in chain_counts:
+            rows.append(run_zoo(problem, "nuts", chains, warmup, draws))
+            print(rows[-1], flush=True)
+        if not opts.no_pyro:
+            rows.append(run_zoo(problem, "pyro-nuts", 1, warmup, draws))
+            print(rows[-1], flush=True)
+        if not opts.no_numpyro:
+            for chains, method in [(4, "sequential")] + [(c, "vectorized") for c in chain_counts if c > 1]:
+                rows.append(run_numpyro(problem, chains, warmup, draws, method))
+                print(rows[-1], flush=True)
+    write(rows, Path(opts.out), warmup, draws)
+
+
+def write(rows, out: Path, warmup: int, draws: int):
+    import jax
+    import numpyro
+
+    machine = dict(python=platform.python_version(), torch=torch.__version__, numpyro=numpyro.__version__,
+                   jax=jax.__version__, threads=torch.get_num_threads(), processor=platform.processor(),
+                   warmup=warmup, draws=draws)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(dict(machine=machine, rows=rows), indent=1))
+    lines = ["# Samplers side by side (benchmarks/samplers.py, one run)", "",
+             f"{warmup} warmup + {draws} draws per chain; {machine}", "",
+             "| model | sampler | chains | µs / leapfrog / chain | min bulk ESS | ESS / s | seconds | cold wall (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['chains']} | {r['us_per_leapfrog_per_chain']} | "
+                     f"{r['min_bulk_ess']} | {r['ess_per_second']} | {r['seconds']} | {r['wall_cold']} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The batched sampler's parts against known answers: Stan's warmup schedule, the U-turn checkpoints
+against brute force, per-chain random streams, a chain's draws alone and among many, and bad input."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import zoo
+from zoo.inference._random import ChainRandom
+from zoo.inference.adaptation import MassEstimate, warmup_windows
+from zoo.inference.trajectory import _checkpoints
+
+
+def test_warmup_windows_are_stans():
+    assert [end for _, end in warmup_windows(1000)] == [100, 150, 250, 450, 950]  # Stan's defaults
+    assert warmup_windows(1000)[0] == (75, 100)
+    assert warmup_windows(100) == [(15, 90)]  # 15 % / 75 % / 10 %
+    assert warmup_windows(10) == []
+
+
+def test_checkpoints_cover_every_completed_subtree():
+    # leaf n closes the aligned subtrees [n - 2^k + 1, n] for each trailing 1-bit; each is checked against the
+    # slot its first leaf stored, which no leaf in between may overwrite
+    for depth in range(1, 8):
+        slots = {}
+        for leaf in range(2**depth):
+            low, high = _checkpoints(leaf)
+            if leaf % 2 == 0:
+                slots[high] = leaf
+                continue
+            closed = {leaf - 2**k + 1 for k in range(1, depth + 1) if (leaf + 1) % 2**k == 0}
+            assert {slots[s] for s in range(low, high + 1)} == closed
+
+
+def test_chain_numbers_do_not_depend_on_the_batch():
+    many, alone = ChainRandom(7, 64), ChainRandom(7, 1, first=5)
+    assert torch.equal(many.uniform(3, 100)[5], alone.uniform(3, 100)[0])
+    u = many.uniform(11, 5000)
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
+    n = many.normal(12, 5000)
+    assert abs(float(n.mean())) < 0.02 and abs(float(n.std()) - 1) < 0.02
+
+
+def test_pooled_mass_is_the_variance_of_all_chains_draws():
+    z = torch.randn(50, 3, 2) * torch.tensor([1.0, 3.0]) + torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    pooled, alone = MassEstimate(3, 2, False, True, z), MassEstimate(3, 2, True, False, z)
+    for row in z:
+        pooled.add(row)
+        alone.add(row)
+    n = 150
+    expected = z.reshape(-1, 2).var(0) * n / (n + 5) + 1e-3 * 5 / (n + 5)
+    torch.testing.assert_close(pooled.inverse_mass(), expected.expand(3, 2))
+    torch.testing.assert_close(alone.inverse_mass()[1], torch.cov(z[:, 1].T) * 50 / 55 + 1e-3 * 5 / 55 * torch.eye(2))
+
+
+def _eight_schools(y, sigma):
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+    with pyro.plate("school", 8):
+        theta_raw = pyro.sample("theta_raw", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(mu + tau * theta_raw, sigma), obs=y)
+
+
+SCHOOLS = (torch.tensor([28.0, 8, -3, 7, -1, 1, 18, 12]), torch.tensor([15.0, 10, 16, 11, 9, 11, 10, 18]))
+
+
+def test_a_chain_draws_the_same_alone_or_among_many():
+    options = dict(num_warmup=60, num_samples=30, pooled_mass=False, max_tree_depth=5, seed=4)
+    alone = zoo.fit(_eight_schools, SCHOOLS, "nuts", num_chains=1, **options)
+    among = zoo.fit(_eight_schools, SCHOOLS, "nuts", num_chains=16, **options)
+    torch.testing.assert_close(among.samples["mu"][0], alone.samples["mu"][0])
+    assert not torch.equal(among.samples["mu"][0], among.samples["mu"][1])
+
+
+def test_eight_schools_matches_its_reference():
+    # the non-centred eight schools posterior (posteriordb eight_schools_noncentered): mu 4.4 (3.3), tau 3.6 (3.2)
+    post = zoo.fit(_eight_schools, SCHOOLS, "nuts", num_samples=500, seed=0)
+    mu, tau = post.samples["mu"].flatten(), post.samples["tau"].flatten()
+    assert float(mu.mean()) == pytest.approx(4.4, abs=0.5) and float(mu.std()) == pytest.approx(3.3, abs=0.4)
+    assert float(tau.mean()) == pytest.approx(3.6, abs=0.5) and float(tau.std()) == pytest.approx(3.2, abs=0.5)
+    assert post.num_chains == 4 and int(post.sample_stats["diverging"].sum()) < 20
+    assert set(post.sample_stats) >= {"diverging", "tree_depth", "n_steps", "energy", "step_size",
+                                      "acceptance_rate", "lp"}
+
+
+@pytest.mark.parametrize("options, match", [(dict(num_chains=0), "num_chains must be a positive integer"),
+                                            (dict(max_tree_depth=0), "max_tree_depth"),
+                                            (dict(init_spread=-1.0), "init_spread"),
+                                            (dict(target_accept=1.0), "target_accept")])
+def test_bad_options_are_refused(options, match):
+    with pytest.raises(zoo.ZooError, match=match):
+        zoo.fit(_eight_schools, SCHOOLS, "nuts", **options)
+
+
+def test_a_density_undefined_at_every_start_names_the_site():
+    def model(y):
+        rate = pyro.sample("rate", dist.HalfNormal(1.0))
+        with pyro.plate("data", 3):
+            pyro.sample("y", dist.Poisson(0.0 * rate), obs=y)  # counts of 1 at a rate of 0: log p = -inf
+
+    with pytest.raises(zoo.ZooError, match=r"not finite at its initial point at sites \['y'\]"):
+        zoo.fit(model, (torch.ones(3),), "nuts", init_spread=0.0)

@@ -1,0 +1,99 @@
+"""Stan's warmup for a batch of chains: dual-averaging step size per chain, and a diagonal or dense inverse
+mass matrix estimated over doubling windows, from each chain's draws or from all chains' pooled."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def warmup_windows(num_warmup: int, init_buffer: int = 75, term_buffer: int = 50,
+                   base_window: int = 25) -> list[tuple[int, int]]:
+    """The (start, end) iterations of the warmup windows whose draws estimate the mass matrix (Stan's
+    schedule: a fast start, slow windows doubling in length, a fast end; the buffers shrink to 15 % / 10 %
+    for short warmups)."""
+    if num_warmup < 20:
+        return []
+    if init_buffer + base_window + term_buffer > num_warmup:
+        init_buffer, term_buffer = int(0.15 * num_warmup), int(0.1 * num_warmup)
+        base_window = num_warmup - init_buffer - term_buffer
+    ends, start, size = [], init_buffer, base_window
+    last = num_warmup - term_buffer
+    while start + size <= last:
+        if start + 3 * size > last:  # the next window would not fit: this one runs to the end
+            size = last - start
+        ends.append((start, start + size))
+        start, size = start + size, 2 * size
+    return ends
+
+
+@dataclass
+class DualAveraging:
+    """Nesterov dual averaging of log step size towards an acceptance target (Hoffman & Gelman 2014),
+    one per chain."""
+
+    target: float
+    log_step: torch.Tensor
+    gamma: float = 0.05
+    t0: float = 10.0
+    kappa: float = 0.75
+
+    def __post_init__(self):
+        self.restart(self.log_step.exp())
+
+    def restart(self, step_size: torch.Tensor) -> None:
+        self.mu = torch.log(10 * step_size)
+        self.log_step = step_size.log()
+        self.log_step_avg = torch.zeros_like(self.log_step)
+        self.h_avg = torch.zeros_like(self.log_step)
+        self.t = 0
+
+    def update(self, acceptance: torch.Tensor) -> None:
+        self.t += 1
+        eta = 1.0 / (self.t + self.t0)
+        self.h_avg = (1 - eta) * self.h_avg + eta * (self.target - acceptance.nan_to_num(0.0))
+        self.log_step = self.mu - math.sqrt(self.t) / self.gamma * self.h_avg
+        weight = self.t ** -self.kappa
+        self.log_step_avg = weight * self.log_step + (1 - weight) * self.log_step_avg
+
+    @property
+    def step_size(self) -> torch.Tensor:
+        return self.log_step.exp()
+
+    @property
+    def final_step_size(self) -> torch.Tensor:
+        return self.log_step_avg.exp()
+
+
+class MassEstimate:
+    """Running mean and (co)variance of each chain's draws (Welford), turned into a regularised inverse
+    mass matrix per chain, pooled over chains if asked (Stan's shrinkage towards 1e-3)."""
+
+    def __init__(self, chains: int, dim: int, dense: bool, pooled: bool, like: torch.Tensor):
+        self.dense, self.pooled = dense, pooled
+        self.count = 0
+        self.mean = like.new_zeros(chains, dim)
+        self.m2 = like.new_zeros(chains, dim, dim) if dense else like.new_zeros(chains, dim)
+
+    def add(self, z: torch.Tensor) -> None:
+        self.count += 1
+        delta = z - self.mean
+        self.mean = self.mean + delta / self.count
+        after = z - self.mean
+        self.m2 = self.m2 + (delta.unsqueeze(-1) * after.unsqueeze(-2) if self.dense else delta * after)
+
+    def inverse_mass(self) -> torch.Tensor:
+        n, m2 = self.count, self.m2
+        if self.pooled:  # the chains' sums of squares plus their means' spread, for every chain alike
+            spread = self.mean - self.mean.mean(0)
+            between = spread.T @ spread if self.dense else (spread**2).sum(0)
+            m2 = (m2.sum(0) + n * between).expand_as(m2)
+            n = n * self.mean.shape[0]
+        covariance = m2 / max(n - 1, 1)
+        shrink = 5.0 / (n + 5.0)
+        if self.dense:
+            eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+            return (1 - shrink) * covariance + 1e-3 * shrink * eye
+        return (1 - shrink) * covariance + 1e-3 * shrink
