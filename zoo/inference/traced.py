@@ -59,7 +59,7 @@ def _agrees(eager: Callable, traced: Callable, example: torch.Tensor) -> bool:
             want, got = eager(theta), traced(theta)
         except Exception:
             return False
-        for a, b in zip(want, got):
+        for a, b in zip(want, got, strict=True):
             finite = torch.isfinite(a)
             if not torch.equal(finite, torch.isfinite(b)) or not torch.allclose(a[finite], b[finite], rtol=RTOL,
                                                                                  atol=RTOL):
