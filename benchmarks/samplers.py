@@ -1,10 +1,12 @@
 """Samplers side by side, in one run: the zoo's batched ``nuts`` against ``pyro-nuts`` and NumPyro's NUTS on the
-same models (NumPyro twins written here line by line from the zoo's models; same priors, same data).
+same models (NumPyro twins written here line by line from the zoo's models; same priors, same data), and
+``chees`` at the larger chain counts. The zoo's samplers run with ``density="compiled"``.
 
 For each model and sampler: microseconds per leapfrog step per chain (sampling wall time, warmup included,
 over the leapfrog steps all chains took), minimum bulk ESS over every coordinate, and that ESS per second
-of wall time. NumPyro is timed warm (its second ``run`` on the same MCMC object, compilation excluded) and
-cold; the zoo's time is the sampling loop after its one-off trace of the density. The steps of NumPyro and
+of wall time. NumPyro is timed warm (a run after one that compiled, less a 10 + 10 run: the tracing and
+dispatch every ``run`` repeats) and cold; the zoo's time is its sampling loop, after the one-off trace and
+compilation. The steps of NumPyro and
 pyro-nuts are counted over the draws and scaled to the warmup (the table says which rows are scaled).
 
     pip install -e ".[bench]"         # numpyro, jax, jaxlib: references only, never used by the package
@@ -135,14 +137,16 @@ def min_bulk_ess(samples: dict) -> float:
 
 def run_zoo(problem: Problem, backend: str, chains: int, warmup: int, draws: int) -> dict:
     torch.manual_seed(0)
+    options = {"nuts": dict(max_tree_depth=problem.max_tree_depth, density="compiled"),
+               "chees": dict(density="compiled"), "pyro-nuts": dict(max_tree_depth=problem.max_tree_depth)}[backend]
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         post = zoo.fit(problem.model, problem.args, backend, num_chains=chains, num_warmup=warmup,
-                       num_samples=draws, max_tree_depth=problem.max_tree_depth, seed=0, progress=False)
+                       num_samples=draws, seed=0, progress=False, **options)
     wall = time.perf_counter() - start
     samples = {k: v.numpy() for k, v in post.samples.items()}
-    if backend == "nuts":
+    if backend != "pyro-nuts":
         seconds, steps, how = post.info["sampling_seconds"], sum(post.info["leapfrog_steps"]), "counted"
     else:  # Pyro's kernel reports tree depths only: steps over the draws, scaled up to warmup as well
         depth = post.sample_stats["tree_depth"].double()
@@ -155,19 +159,24 @@ def run_numpyro(problem: Problem, chains: int, warmup: int, draws: int, method: 
     from numpyro.infer import MCMC, NUTS
 
     args = tuple(jax.numpy.asarray(a.numpy()) for a in problem.args)
-    kernel = NUTS(problem.numpyro_model, max_tree_depth=problem.max_tree_depth)
-    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=method,
-                progress_bar=False)
-    times = []
-    for seed in (0, 1):  # the first run compiles; the second, on the same MCMC object, reuses it
+    def run(num_warmup, num_samples):
+        mcmc = MCMC(NUTS(problem.numpyro_model, max_tree_depth=problem.max_tree_depth), num_warmup=num_warmup,
+                    num_samples=num_samples, num_chains=chains, chain_method=method, progress_bar=False)
         start = time.perf_counter()
-        mcmc.run(jax.random.PRNGKey(seed), *args, extra_fields=("num_steps",))
+        mcmc.run(jax.random.PRNGKey(0), *args, extra_fields=("num_steps",))
         samples = jax.block_until_ready(mcmc.get_samples(group_by_chain=True))
-        times.append(time.perf_counter() - start)
+        return mcmc, samples, time.perf_counter() - start
+
+    _, _, cold = run(warmup, draws)  # compiles
+    # every run() traces and dispatches again (seconds, whatever its length): a 10 + 10 run measures that,
+    # and is taken off, so that NumPyro's time is its sampling alone
+    _, _, fixed = run(10, 10)
+    mcmc, samples, seconds = run(warmup, draws)
     # steps of the draws, scaled to the warmup as well (a separate warmup() call would compile again)
     steps = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum()) * (warmup + draws) / draws
     samples = {k: np.asarray(v) for k, v in samples.items()}
-    return _row(problem, f"numpyro ({method})", chains, times[1], times[0], steps, samples, "scaled from draws")
+    return _row(problem, f"numpyro ({method})", chains, max(seconds - fixed, 1e-3), cold, steps, samples,
+                "scaled from draws")
 
 
 def _row(problem, sampler, chains, seconds, wall, steps, samples, how) -> dict:
@@ -193,18 +202,22 @@ def main():
     chain_counts = [1, 4] if opts.quick else [int(c) for c in opts.chains.split(",")]
     warmup, draws = (50, 50) if opts.quick else (opts.warmup, opts.draws)
     rows = []
+
+    def add(row):  # the tables are rewritten after every row: a long run stopped keeps what it measured
+        rows.append(row)
+        print(row, flush=True)
+        write(rows, Path(opts.out), warmup, draws)
+
     for problem in problems(opts.models.split(",")):
         for chains in chain_counts:
-            rows.append(run_zoo(problem, "nuts", chains, warmup, draws))
-            print(rows[-1], flush=True)
+            add(run_zoo(problem, "nuts", chains, warmup, draws))
+        for chains in [c for c in chain_counts if c >= 64] or [16]:
+            add(run_zoo(problem, "chees", chains, warmup, draws))
         if not opts.no_pyro:
-            rows.append(run_zoo(problem, "pyro-nuts", 1, warmup, draws))
-            print(rows[-1], flush=True)
+            add(run_zoo(problem, "pyro-nuts", 1, warmup, draws))
         if not opts.no_numpyro:
             for chains, method in [(4, "sequential")] + [(c, "vectorized") for c in chain_counts if c > 1]:
-                rows.append(run_numpyro(problem, chains, warmup, draws, method))
-                print(rows[-1], flush=True)
-    write(rows, Path(opts.out), warmup, draws)
+                add(run_numpyro(problem, chains, warmup, draws, method))
 
 
 def write(rows, out: Path, warmup: int, draws: int):
@@ -218,13 +231,14 @@ def write(rows, out: Path, warmup: int, draws: int):
     out.with_suffix(".json").write_text(json.dumps(dict(machine=machine, rows=rows), indent=1))
     lines = ["# Samplers side by side (benchmarks/samplers.py, one run)", "",
              f"{warmup} warmup + {draws} draws per chain; {machine}", "",
-             "| model | sampler | chains | µs / leapfrog / chain | steps | min bulk ESS | ESS / s | seconds | cold wall (s) |",
+             "| model | sampler | chains | µs / leapfrog / chain | steps | min bulk ESS | ESS / s | seconds "
+             "| cold wall (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['sampler']} | {r['chains']} | {r['us_per_leapfrog_per_chain']} | "
-                     f"{r['steps_counted']} | {r['min_bulk_ess']} | {r['ess_per_second']} | {r['seconds']} | {r['wall_cold']} |")
+                     f"{r['steps_counted']} | {r['min_bulk_ess']} | {r['ess_per_second']} | {r['seconds']} | "
+                     f"{r['wall_cold']} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

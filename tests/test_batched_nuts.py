@@ -9,6 +9,7 @@ import torch
 import zoo
 from zoo.inference._random import ChainRandom
 from zoo.inference.adaptation import MassEstimate, warmup_windows
+from zoo.inference.chees import halton
 from zoo.inference.trajectory import _checkpoints
 
 
@@ -68,20 +69,43 @@ SCHOOLS = (torch.tensor([28.0, 8, -3, 7, -1, 1, 18, 12]), torch.tensor([15.0, 10
 def test_a_chain_draws_the_same_alone_or_among_many():
     options = dict(num_warmup=60, num_samples=30, pooled_mass=False, max_tree_depth=5, seed=4)
     alone = zoo.fit(_eight_schools, SCHOOLS, "nuts", num_chains=1, **options)
-    among = zoo.fit(_eight_schools, SCHOOLS, "nuts", num_chains=16, **options)
+    among = zoo.fit(_eight_schools, SCHOOLS, "nuts", num_chains=64, **options)
     torch.testing.assert_close(among.samples["mu"][0], alone.samples["mu"][0])
     assert not torch.equal(among.samples["mu"][0], among.samples["mu"][1])
 
 
-def test_eight_schools_matches_its_reference():
+@pytest.mark.parametrize("density", ["traced", "compiled"])
+def test_eight_schools_matches_its_reference(density):
     # the non-centred eight schools posterior (posteriordb eight_schools_noncentered): mu 4.4 (3.3), tau 3.6 (3.2)
-    post = zoo.fit(_eight_schools, SCHOOLS, "nuts", num_samples=500, seed=0)
+    post = zoo.fit(_eight_schools, SCHOOLS, "nuts", num_samples=500, seed=0, density=density)
+    assert post.info["density"] == density
     mu, tau = post.samples["mu"].flatten(), post.samples["tau"].flatten()
     assert float(mu.mean()) == pytest.approx(4.4, abs=0.5) and float(mu.std()) == pytest.approx(3.3, abs=0.4)
     assert float(tau.mean()) == pytest.approx(3.6, abs=0.5) and float(tau.std()) == pytest.approx(3.2, abs=0.5)
     assert post.num_chains == 4 and int(post.sample_stats["diverging"].sum()) < 20
     assert set(post.sample_stats) >= {"diverging", "tree_depth", "n_steps", "energy", "step_size",
                                       "acceptance_rate", "lp"}
+
+
+def test_chees_matches_the_eight_schools_reference():
+    post = zoo.fit(_eight_schools, SCHOOLS, "chees", num_chains=64, num_warmup=400, num_samples=100, seed=0)
+    mu, tau = post.samples["mu"].flatten(), post.samples["tau"].flatten()
+    assert float(mu.mean()) == pytest.approx(4.4, abs=0.3) and float(mu.std()) == pytest.approx(3.3, abs=0.3)
+    assert float(tau.mean()) == pytest.approx(3.6, abs=0.3) and float(tau.std()) == pytest.approx(3.2, abs=0.4)
+    steps = post.sample_stats["n_steps"]
+    assert torch.equal(steps, steps[:1].expand_as(steps))  # every chain the same number of leapfrog steps
+    assert 1 < post.info["trajectory_length"] < 20 and int(post.sample_stats["diverging"].sum()) < 20
+
+
+def test_halton_spreads_evenly():
+    assert [halton(i) for i in range(1, 8)] == [0.5, 0.25, 0.75, 0.125, 0.625, 0.375, 0.875]
+
+
+@pytest.mark.parametrize("backend, options, match", [("chees", dict(num_chains=1), "at least 2"),
+                                                     ("chees", dict(learning_rate=0.0), "learning_rate")])
+def test_bad_chees_options_are_refused(backend, options, match):
+    with pytest.raises(zoo.ZooError, match=match):
+        zoo.fit(_eight_schools, SCHOOLS, backend, **options)
 
 
 @pytest.mark.parametrize("options, match", [(dict(num_chains=0), "num_chains must be a positive integer"),

@@ -42,6 +42,8 @@ CASES = [
      0.05, 0.06),
     ("nuts", dict(num_warmup=200, num_chains=4, num_samples=400), 0.2, 0.15),
     ("nuts-dense", dict(num_warmup=200, num_chains=4, num_samples=400, dense_mass=True), 0.2, 0.15),
+    ("chees", dict(num_warmup=300, num_chains=32, num_samples=100), 0.2, 0.15),
+    ("chees-dense", dict(num_warmup=300, num_chains=32, num_samples=100, dense_mass=True), 0.2, 0.15),
     ("pyro-nuts", dict(num_warmup=200, num_chains=2, num_samples=400), 0.25, 0.2),
 ]
 

@@ -188,7 +188,7 @@ def run_fit(args) -> None:
             top = entropy.argsort(descending=True)[:16]
             titles = [f"{int(pred.mean[i])} (true {int(data.test.y[i])}, H={float(entropy[i]):.2f})" for i in top]
             image_grid(data.test.x[top], out / "most-uncertain.png", titles=titles, ncols=4)
-    if args.backend == "nuts" and small:
+    if args.backend in ("nuts", "chees", "pyro-nuts") and small:
         trace_plot(idata, small, out / "trace.png")
     if post.status.interrupted:
         print(f"zoo: interrupted; saved the work done so far to {out}", file=sys.stderr)

@@ -4,6 +4,7 @@ that knows ArviZ's API."""
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import arviz as az
 import numpy as np
@@ -56,8 +57,19 @@ def to_inference_data(post, data=None, var_names=None) -> az.InferenceData:
                 groups.setdefault("log_likelihood", {})[site] = log_lik.reshape(chains, draws, *log_lik.shape[1:])
             dims[site] = obs_dims
             coords[obs_dims[0]] = np.arange(observed.shape[0]) if observed.ndim else np.arange(1)
-    return _with_loss(az.from_dict(**groups, coords=coords, dims=dims,
-                                   attrs={"inference_library": "zoo", "method": post.method}), post)
+    with _chain_draw_layout():
+        idata = az.from_dict(**groups, coords=coords, dims=dims,
+                             attrs={"inference_library": "zoo", "method": post.method})
+    return _with_loss(idata, post)
+
+
+@contextmanager
+def _chain_draw_layout():
+    """Our arrays are (chain, draw, ...) by construction: ArviZ's guess that more chains than draws (256
+    batched chains of 100 draws) means a transposed array is wrong here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="More chains", category=UserWarning)
+        yield
 
 
 def _observed(post, inputs, site, summary):
@@ -87,8 +99,9 @@ def generative_inference_data(post, data, num_samples: int, iwae_samples: int) -
             log_px = post._bounds(flat, iwae_samples)[0].reshape(1, 1, -1).cpu().numpy()
         dims = {"z": ["obs", "latent"], "x": ["obs", "pixel"]}
         coords = {"obs": np.arange(flat.shape[0])}
-    idata = az.from_dict(**groups, coords=coords, dims=dims,
-                         attrs={"inference_library": "zoo", "method": post.method})
+    with _chain_draw_layout():
+        idata = az.from_dict(**groups, coords=coords, dims=dims,
+                             attrs={"inference_library": "zoo", "method": post.method})
     if log_px is not None:  # one estimate per point: dims (chain, draw, obs), not x's pixels
         idata.add_groups(log_likelihood=xr.Dataset(
             {"x": (("chain", "draw", "obs"), log_px)}, coords={"chain": [0], "draw": [0], "obs": coords["obs"]}))
@@ -121,7 +134,8 @@ def convergence_stats(draws: dict[str, np.ndarray]) -> dict[str, dict[str, np.nd
     if next(iter(arrays.values())).shape[0] == 1:
         half = next(iter(arrays.values())).shape[1] // 2
         arrays = {k: np.concatenate([v[:, :half], v[:, half:2 * half]]) for k, v in arrays.items()}
-    dataset = az.convert_to_dataset(arrays)
+    with _chain_draw_layout():
+        dataset = az.convert_to_dataset(arrays)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         r_hat = az.rhat(dataset)
         bulk, tail = az.ess(dataset, method="bulk"), az.ess(dataset, method="tail")

@@ -44,7 +44,7 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
         From ``zoo.load(name, ...)``, or a bare Pyro model ``model(*args)``.
     data : Split or tuple
         The model's positional arguments, observations last: a split is ``(x, y)``.
-    backend : {"svi", "laplace", "nuts"} or a backend object
+    backend : {"svi", "laplace", "nuts", "chees", "pyro-nuts"} or a backend object
         Swapping inference is changing this one word.
     num_samples : int, optional
         Posterior draws to keep (``nuts``: per chain); default 1,000, or the model's own default

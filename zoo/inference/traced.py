@@ -18,13 +18,13 @@ from collections.abc import Callable
 import pyro
 import torch
 
-MODES = ("eager", "traced", "compiled")
+MODES = ("eager", "traced", "compiled")  # "compiled": the sampler compiles its leaf step around the trace
 RTOL = 1e-4
 
 
 def value_and_grad_fn(log_density: Callable, example: torch.Tensor, mode: str) -> tuple[Callable, str]:
-    """``fn(theta[C, D]) -> (log p [C], grad [C, D])`` in ``mode`` (one of :data:`MODES`), and the mode it
-    got: ``"eager"`` where the model could not be traced faithfully."""
+    """``fn(theta[C, D]) -> (log p [C], grad [C, D])``, run by Pyro (``mode="eager"``) or as a trace, and the
+    mode it got: ``"eager"`` where the model could not be traced faithfully."""
 
     def eager(theta):
         with pyro.validation_enabled(False):  # an invalid parameter gives a nan, which the sampler handles
@@ -43,10 +43,28 @@ def value_and_grad_fn(log_density: Callable, example: torch.Tensor, mode: str) -
             graph = make_fx(eager)(example.detach().clone())
     except Exception:  # anything the tracer cannot follow (data-dependent shapes, .item()): stay eager
         return eager, "eager"
-    fn = torch.compile(graph, dynamic=False) if mode == "compiled" else graph
-    if not _agrees(eager, fn, example):
+    if not _agrees(eager, graph, example):
         return eager, "eager"
-    return fn, mode
+    return graph, "traced"
+
+
+def compile_checked(fn: Callable, example: tuple, compared: Callable = lambda out: out) -> Callable | None:
+    """``fn`` through ``torch.compile`` (shapes fixed), if it compiles here and gives ``fn``'s ``compared``
+    outputs on ``example``; else None."""
+    try:
+        compiled = torch.compile(fn, dynamic=False)
+        want, got = compared(fn(*example)), compared(compiled(*example))
+    except Exception:  # no C++ compiler, an operation inductor does not lower: the caller stays uncompiled
+        return None
+    want, got = torch.utils._pytree.tree_leaves(want), torch.utils._pytree.tree_leaves(got)
+    return compiled if len(want) == len(got) and all(map(_close, want, got)) else None
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype == torch.bool:
+        return torch.equal(a, b)
+    finite = torch.isfinite(a)
+    return torch.equal(finite, torch.isfinite(b)) and torch.allclose(a[finite], b[finite], rtol=RTOL, atol=RTOL)
 
 
 def _agrees(eager: Callable, traced: Callable, example: torch.Tensor) -> bool:
@@ -59,9 +77,6 @@ def _agrees(eager: Callable, traced: Callable, example: torch.Tensor) -> bool:
             want, got = eager(theta), traced(theta)
         except Exception:
             return False
-        for a, b in zip(want, got, strict=True):
-            finite = torch.isfinite(a)
-            if not torch.equal(finite, torch.isfinite(b)) or not torch.allclose(a[finite], b[finite], rtol=RTOL,
-                                                                                 atol=RTOL):
-                return False
+        if not all(map(_close, want, got)):
+            return False
     return True

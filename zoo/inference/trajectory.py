@@ -13,7 +13,9 @@ min(1, w_new / w_old) (biased progressive sampling), as in Stan.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 
@@ -23,8 +25,7 @@ MAX_ENERGY_ERROR = 1000.0
 SLOTS = 64  # random-counter slots per transition: the momentum, then one per doubling
 
 
-@dataclass
-class Point:
+class Point(NamedTuple):
     """Positions, momenta, log densities and their gradients of C chains."""
 
     z: torch.Tensor
@@ -34,27 +35,32 @@ class Point:
 
     def where(self, mask: torch.Tensor, other: Point) -> Point:
         """This point for the chains in ``mask``, ``other`` elsewhere."""
-        return Point(*(torch.where(mask.view(-1, *[1] * (getattr(self, f.name).dim() - 1)),
-                                   getattr(self, f.name), getattr(other, f.name)) for f in fields(Point)))
+        pairs = zip(self, other, strict=True)
+        return Point(*(torch.where(mask.view(-1, *[1] * (a.dim() - 1)), a, b) for a, b in pairs))
+
+
+def velocity(inverse_mass: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """M^-1 r for a (C, D) diagonal or (C, D, D) dense inverse mass matrix."""
+    return (inverse_mass @ r.unsqueeze(-1)).squeeze(-1) if inverse_mass.dim() == 3 else inverse_mass * r
+
+
+def kinetic(inverse_mass: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (r * velocity(inverse_mass, r)).sum(-1)
 
 
 class Metric:
     """The inverse mass matrix of each chain: (C, D) diagonal or (C, D, D) dense."""
 
     def __init__(self, inverse_mass: torch.Tensor):
-        self.inverse_mass = inverse_mass
-        self.dense = inverse_mass.dim() == 3
-        if self.dense:  # inverse mass = L L^T; a momentum L^-T e has covariance M
+        self.inverse_mass = inverse_mass.contiguous()  # as every later one is laid out: no recompiled leaf
+        if inverse_mass.dim() == 3:  # inverse mass = L L^T; a momentum L^-T e has covariance M
             self.cholesky = torch.linalg.cholesky(inverse_mass)
 
-    def velocity(self, r: torch.Tensor) -> torch.Tensor:
-        return (self.inverse_mass @ r.unsqueeze(-1)).squeeze(-1) if self.dense else self.inverse_mass * r
-
     def kinetic(self, r: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (r * self.velocity(r)).sum(-1)
+        return kinetic(self.inverse_mass, r)
 
     def momentum(self, normal: torch.Tensor) -> torch.Tensor:
-        if self.dense:
+        if self.inverse_mass.dim() == 3:
             return torch.linalg.solve_triangular(self.cholesky.mT, normal.unsqueeze(-1), upper=True).squeeze(-1)
         return normal / self.inverse_mass.sqrt()
 
@@ -62,11 +68,11 @@ class Metric:
 Density = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # z (C, D) -> log p (C), grad (C, D)
 
 
-def leapfrog(point: Point, step: torch.Tensor, metric: Metric, density: Density) -> Point:
+def leapfrog(point: Point, step: torch.Tensor, inverse_mass: torch.Tensor, density: Density) -> Point:
     """One leapfrog step of signed size ``step`` (C,) per chain; a non-finite log density becomes -inf."""
     half = 0.5 * step.unsqueeze(-1)
     r = point.r + half * point.grad
-    z = point.z + step.unsqueeze(-1) * metric.velocity(r)
+    z = point.z + step.unsqueeze(-1) * velocity(inverse_mass, r)
     logp, grad = density(z)
     finite = torch.isfinite(logp) & torch.isfinite(grad).all(-1)
     logp = torch.where(finite, logp, torch.full_like(logp, -torch.inf))
@@ -74,9 +80,10 @@ def leapfrog(point: Point, step: torch.Tensor, metric: Metric, density: Density)
     return Point(z, r + half * grad, logp, grad)
 
 
-def is_turning(metric: Metric, r_left: torch.Tensor, r_right: torch.Tensor, r_sum: torch.Tensor) -> torch.Tensor:
-    """The generalised no-U-turn criterion (Betancourt 2017) for a span with momenta summing to ``r_sum``."""
-    return ((metric.velocity(r_left) * r_sum).sum(-1) <= 0) | ((metric.velocity(r_right) * r_sum).sum(-1) <= 0)
+def is_turning(v_left: torch.Tensor, v_right: torch.Tensor, r_sum: torch.Tensor) -> torch.Tensor:
+    """The generalised no-U-turn criterion (Betancourt 2017) for a span with momenta summing to ``r_sum``
+    and end velocities (M^-1 r) ``v_left``, ``v_right``."""
+    return ((v_left * r_sum).sum(-1) <= 0) | ((v_right * r_sum).sum(-1) <= 0)
 
 
 def _checkpoints(leaf: int) -> tuple[int, int]:
@@ -87,8 +94,18 @@ def _checkpoints(leaf: int) -> tuple[int, int]:
     return high - trailing + 1, high
 
 
-@dataclass
-class Subtree:
+@lru_cache(maxsize=4096)
+def slot_masks(leaf: int, slots: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which checkpoint slot ``leaf`` stores (even leaves) and which it checks against (odd leaves), as
+    (slots,) masks: tensors rather than Python branches, so that one compiled leaf serves every leaf."""
+    low, high = _checkpoints(leaf)
+    index = torch.arange(slots, device=device)
+    if leaf % 2 == 0:
+        return index == high, torch.zeros(slots, dtype=torch.bool, device=device)
+    return torch.zeros(slots, dtype=torch.bool, device=device), (index >= low) & (index <= high)
+
+
+class Subtree(NamedTuple):
     last: Point
     proposal: Point
     log_weight: torch.Tensor
@@ -97,45 +114,62 @@ class Subtree:
     diverging: torch.Tensor
     n_steps: torch.Tensor
     accept_sum: torch.Tensor
+    alive: torch.Tensor  # still extending
+    saved_r: torch.Tensor  # (slots, C, D) momenta at the checkpoints, their velocities, the running sums
+    saved_v: torch.Tensor
+    saved_sum: torch.Tensor
+
+
+def empty_subtree(edge: Point, slots: int) -> Subtree:
+    """A subtree of no leaves at ``edge``. No two of its tensors share memory: a compiled leaf is
+    specialised to how its inputs alias, and every later leaf gets distinct ones."""
+    alive = torch.ones_like(edge.logp, dtype=torch.bool)
+    return Subtree(edge, Point(*(a.clone() for a in edge)), torch.full_like(edge.logp, -torch.inf),
+                   torch.zeros_like(edge.r), ~alive, ~alive, torch.zeros_like(edge.logp), torch.zeros_like(edge.logp),
+                   alive, *(edge.r.new_zeros(slots, *edge.r.shape) for _ in range(3)))
+
+
+def grow(tree: Subtree, step: torch.Tensor, inverse_mass: torch.Tensor, energy0: torch.Tensor,
+         log_u: torch.Tensor, store: torch.Tensor, check: torch.Tensor, density: Density) -> Subtree:
+    """One more leaf of every chain's subtree: a leapfrog step, multinomial sampling of the proposal, and
+    the U-turn checks at the checkpoints the leaf closes. A chain that is no longer alive keeps its tree."""
+    alive = tree.alive
+    new = leapfrog(tree.last, step, inverse_mass, density)
+    v = velocity(inverse_mass, new.r)
+    error = torch.nan_to_num(-new.logp + 0.5 * (new.r * v).sum(-1) - energy0, nan=torch.inf)
+    diverging = tree.diverging | (alive & (error > MAX_ENERGY_ERROR))
+    total = torch.logaddexp(tree.log_weight, -error)
+    proposal = new.where(alive & (log_u < -error - total), tree.proposal)
+    r_sum = torch.where(alive.unsqueeze(-1), tree.r_sum + new.r, tree.r_sum)
+    put = store.view(-1, 1, 1)
+    saved_r = torch.where(put, new.r, tree.saved_r)
+    saved_v = torch.where(put, v, tree.saved_v)
+    saved_sum = torch.where(put, r_sum, tree.saved_sum)
+    span = r_sum - saved_sum + saved_r  # (slots, C, D): the momenta of each sub-subtree this leaf closes
+    turned = (is_turning(saved_v, v, span) & check.view(-1, 1)).any(0)
+    invalid = tree.invalid | (alive & turned) | diverging
+    return Subtree(new.where(alive, tree.last), proposal, torch.where(alive, total, tree.log_weight), r_sum,
+                   invalid, diverging, tree.n_steps + alive, tree.accept_sum + torch.where(
+                       alive, torch.exp(-error).clamp(max=1.0), 0.0), alive & ~invalid, saved_r, saved_v, saved_sum)
+
+
+def subtree_slots(max_tree_depth: int) -> int:
+    """Checkpoint slots for the largest subtree, 2^(max_tree_depth - 1) leaves: one compiled leaf for all."""
+    return max(max_tree_depth - 1, 1)
+
+
+Grow = Callable[..., Subtree]  # grow() with the density bound: eager, or compiled with it as one graph
 
 
 def build_subtree(edge: Point, step: torch.Tensor, num_leaves: int, energy0: torch.Tensor, uniforms: torch.Tensor,
-                  metric: Metric, density: Density) -> Subtree:
+                  inverse_mass: torch.Tensor, grow_leaf: Grow, slots: int) -> Subtree:
     """``num_leaves`` leapfrog steps from ``edge``; a chain stops extending once its subtree is invalid."""
-    chains, dim = edge.z.shape
-    alive = torch.ones(chains, dtype=torch.bool, device=edge.z.device)
-    invalid = torch.zeros_like(alive)
-    diverging = torch.zeros_like(alive)
-    log_weight = torch.full_like(edge.logp, -torch.inf)
-    r_sum = torch.zeros_like(edge.r)
-    n_steps = torch.zeros_like(edge.logp)
-    accept_sum = torch.zeros_like(edge.logp)
-    depth = max(num_leaves.bit_length() - 1, 1)
-    saved_r = edge.r.new_zeros(depth, chains, dim)
-    saved_sum = edge.r.new_zeros(depth, chains, dim)
-    point, proposal = edge, edge
-    log_u = uniforms.log()
+    tree = empty_subtree(edge, slots)
+    log_u = uniforms.log().T.contiguous()  # rows, so that every leaf's is laid out alike
     for leaf in range(num_leaves):
-        new = leapfrog(point, step, metric, density)
-        error = torch.nan_to_num(-new.logp + metric.kinetic(new.r) - energy0, nan=torch.inf)
-        point = new.where(alive, point)
-        diverging = diverging | (alive & (error > MAX_ENERGY_ERROR))
-        n_steps = n_steps + alive
-        accept_sum = accept_sum + torch.where(alive, torch.exp(-error).clamp(max=1.0), 0.0)
-        total = torch.logaddexp(log_weight, -error)
-        proposal = new.where(alive & (log_u[:, leaf] < -error - total), proposal)
-        log_weight = torch.where(alive, total, log_weight)
-        r_sum = torch.where(alive.unsqueeze(-1), r_sum + new.r, r_sum)
-        low, high = _checkpoints(leaf)
-        if leaf % 2 == 0:
-            saved_r[high], saved_sum[high] = new.r, r_sum
-        else:
-            for slot in range(high, low - 1, -1):
-                span = r_sum - saved_sum[slot] + saved_r[slot]
-                invalid = invalid | (alive & is_turning(metric, saved_r[slot], new.r, span))
-        invalid = invalid | diverging
-        alive = alive & ~invalid
-    return Subtree(point, proposal, log_weight, r_sum, invalid, diverging, n_steps, accept_sum)
+        store, check = slot_masks(leaf, slots, edge.z.device)
+        tree = grow_leaf(tree, step, inverse_mass, energy0, log_u[leaf], store, check)
+    return tree
 
 
 @dataclass
@@ -150,7 +184,7 @@ class Transition:
     acceptance_rate: torch.Tensor
 
 
-def nuts_transition(start: Point, step_size: torch.Tensor, metric: Metric, density: Density,
+def nuts_transition(start: Point, step_size: torch.Tensor, metric: Metric, grow_leaf: Grow,
                     random: ChainRandom, counter: int, max_tree_depth: int) -> Transition:
     """One NUTS iteration of every chain from ``start`` (its momenta are ignored and redrawn)."""
     chains, dim = start.z.shape
@@ -170,7 +204,7 @@ def nuts_transition(start: Point, step_size: torch.Tensor, metric: Metric, densi
         forward = u[:, 0] < 0.5
         edge = right.where(forward, left)
         sub = build_subtree(edge, torch.where(forward, step_size, -step_size), 2**d, energy0, u[:, 2:],
-                            metric, density)
+                            metric.inverse_mass, grow_leaf, subtree_slots(max_tree_depth))
         n_steps = n_steps + torch.where(active, sub.n_steps, 0.0)
         accept_sum = accept_sum + torch.where(active, sub.accept_sum, 0.0)
         diverging = diverging | (active & sub.diverging)
@@ -181,7 +215,8 @@ def nuts_transition(start: Point, step_size: torch.Tensor, metric: Metric, densi
         proposal = sub.proposal.where(valid & (u[:, 1].log() < sub.log_weight - log_weight), proposal)
         log_weight = torch.where(valid, torch.logaddexp(log_weight, sub.log_weight), log_weight)
         r_sum = torch.where(valid.unsqueeze(-1), r_sum + sub.r_sum, r_sum)
-        active = valid & ~is_turning(metric, left.r, right.r, r_sum)
+        m = metric.inverse_mass
+        active = valid & ~is_turning(velocity(m, left.r), velocity(m, right.r), r_sum)
         if not bool(active.any()):  # the one host sync of a doubling
             break
     return Transition(proposal, diverging, depth, n_steps, -proposal.logp + metric.kinetic(proposal.r),

@@ -1,0 +1,237 @@
+"""What the batched samplers (``nuts``, ``chees``) share: C chains started as one (C, D) batch over the
+model's flat log density, a density that fails per chain rather than per batch, a step run eagerly or
+compiled, Stan's windowed mass-matrix warmup and step-size search, and the draws handed back."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .._errors import ZooError
+from ._base import FitResult
+from ._random import ChainRandom
+from .adaptation import MassEstimate, warmup_windows
+from .flat import FlatLatents
+from .loop import run_steps
+from .sites import run_trace
+from .traced import compile_checked, value_and_grad_fn
+from .trajectory import SLOTS, Metric, Point, leapfrog
+
+INIT_TRIES = 100  # jittered starts tried per chain before falling back to the model's own start
+DENSE_MAX_DIM = 2000  # a dense mass matrix per chain is D x D
+# random-counter bases of the warmup's helpers: far above any transition's counters (t * SLOTS + slot)
+_INIT_COUNTER, _STEP_SEARCH_COUNTER = 2**50, 2**51
+
+
+@dataclass
+class Chains:
+    """The chains' start: the flat map, the density (traced where it can be; ``density`` falls back to
+    eager chain by chain where the batch raises), how it runs, where each chain starts, its random stream."""
+
+    latents: FlatLatents
+    density: Callable
+    traced: Callable
+    mode: str
+    point: Point
+    random: ChainRandom
+
+    def bind(self, step: Callable, example: tuple | None = None,
+             compared: Callable = lambda out: out) -> tuple[Callable, str]:
+        """``step(*args, density=...)`` with the density bound, and how the density runs in it. Given an
+        ``example``, step and traced density are compiled as one graph where that compiles and agrees with
+        the uncompiled step on it (``compared`` picks the outputs to check); a compiled call that raises
+        (one chain gone out of the support) is redone uncompiled."""
+
+        def eager(*args):
+            return step(*args, density=self.density)
+
+        if example is None or self.mode != "traced":
+            return eager, self.mode
+        compiled = compile_checked(lambda *args: step(*args, density=self.traced), example, compared)
+        if compiled is None:
+            return eager, self.mode
+
+        def run(*args):
+            try:
+                return compiled(*args)
+            except (RuntimeError, ValueError):
+                return eager(*args)
+
+        return run, "compiled"
+
+
+def start_chains(problem, name: str, num_chains: int, init_spread: float, density: str,
+                 dense_mass: bool) -> Chains:
+    latents, log_density, theta0 = problem.flat()
+    if dense_mass and latents.dim > DENSE_MAX_DIM:
+        raise ZooError(f"{name}: dense_mass=True needs a {latents.dim} x {latents.dim} matrix per chain; "
+                       f"it is kept to {DENSE_MAX_DIM} coordinates: use dense_mass=False")
+    # one seed from the caller's stream; chain c's numbers depend on it and on c alone
+    random = ChainRandom(int(torch.randint(2**62, ())), num_chains, theta0.device)
+    eager, _ = value_and_grad_fn(log_density, theta0, "eager")
+    batch = theta0.expand(num_chains, -1)
+    fast, mode = value_and_grad_fn(log_density, batch, "eager" if density == "eager" else "traced")
+    per_chain = _per_chain_failures(fast, eager)
+    point = _initial_points(problem, name, per_chain, theta0, num_chains, init_spread, random)
+    return Chains(latents, per_chain, fast, mode, point, random)
+
+
+def identity_metric(point: Point, dense: bool) -> Metric:
+    chains, dim = point.z.shape
+    eye = torch.eye(dim, dtype=point.z.dtype, device=point.z.device)
+    return Metric(eye.expand(chains, dim, dim) if dense else torch.ones_like(point.z))
+
+
+class ChainRun:
+    """The state of a batched run between iterations: each chain's point, the metric and its windowed
+    estimate (Stan's schedule), the draws and per-draw stats kept after warmup. Subclasses make the move."""
+
+    name: str
+    stat_names: tuple[str, ...]
+
+    def __init__(self, chains: Chains, num_warmup: int, num_samples: int, dense_mass: bool, pooled_mass: bool):
+        self.chains, self.point, self.random, self.density = chains, chains.point, chains.random, chains.density
+        self.num_warmup, self.num_samples = num_warmup, num_samples
+        self.dense_mass, self.pooled_mass = dense_mass, pooled_mass
+        self.metric = identity_metric(self.point, dense_mass)
+        self.windows, self.window = warmup_windows(num_warmup), 0
+        self.mass = MassEstimate(*self.point.z.shape, dense_mass, pooled_mass, self.point.z)
+        self.draws: list[torch.Tensor] = []
+        self.stats: dict[str, list[torch.Tensor]] = {k: [] for k in self.stat_names}
+        self.leapfrogs = torch.zeros(self.point.z.shape[0], dtype=torch.long, device=self.point.z.device)
+        self.step_size = self.search_step_size(torch.ones_like(self.point.logp), 0)
+
+    def keep(self, stats: dict[str, torch.Tensor]) -> None:
+        self.draws.append(self.point.z.detach())
+        for name in self.stat_names:
+            self.stats[name].append(stats[name].detach())
+
+    def new_metric(self, t: int) -> bool:
+        """Add this warmup iteration's points to the window's estimate; at a window's end, the metric
+        from it (and True: the caller then searches a step size again and restarts its adaptation)."""
+        if self.window >= len(self.windows):
+            return False
+        start, end = self.windows[self.window]
+        if start <= t < end:
+            self.mass.add(self.point.z.detach())
+        if t + 1 != end:
+            return False
+        self.metric = Metric(self.mass.inverse_mass())
+        self.mass = MassEstimate(*self.point.z.shape, self.dense_mass, self.pooled_mass, self.point.z)
+        self.window += 1
+        return True
+
+    def search_step_size(self, step: torch.Tensor, t: int) -> torch.Tensor:
+        """Stan's heuristic start for dual averaging: double or halve each chain's step size until the
+        acceptance of one leapfrog step crosses 0.8."""
+        point, metric, target = self.point, self.metric, math.log(0.8)
+        direction = None
+        going = torch.ones_like(point.logp, dtype=torch.bool)
+        for attempt in range(60):
+            normal = self.random.normal(_STEP_SEARCH_COUNTER + t * SLOTS + attempt, point.z.shape[1], point.z.dtype)
+            r = metric.momentum(normal)
+            new = leapfrog(Point(point.z, r, point.logp, point.grad), step, metric.inverse_mass, self.density)
+            delta = (-point.logp + metric.kinetic(r)) - (-new.logp + metric.kinetic(new.r))
+            delta = torch.nan_to_num(delta, nan=-torch.inf)
+            if direction is None:
+                direction = torch.where(delta > target, 2.0, 0.5).to(step.dtype)
+            going = going & torch.where(direction > 1, delta > target, delta < target)
+            if not bool(going.any()):
+                break
+            step = torch.where(going, (step * direction).clamp(1e-10, 1e7), step)
+        return step
+
+    def run(self, problem, step: Callable[[int], None], postfix: Callable[[], dict], info: dict) -> FitResult:
+        start = time.perf_counter()
+        status = run_steps(self.num_warmup + self.num_samples, step, self.name, problem.progress, postfix=postfix)
+        seconds = time.perf_counter() - start
+        if not self.draws:
+            raise ZooError(f"{self.name}: interrupted before the first draw after warmup; nothing to keep")
+        if status.interrupted:
+            status.interrupted = (f"{self.name}: interrupted after {len(self.draws)} of {self.num_samples} "
+                                  "draws per chain; kept them")
+        theta = torch.stack(self.draws, 1)  # (chain, draw, D)
+        samples = {n: v.detach() for n, v in self.chains.latents.constrain(theta).items()}
+        stats = {k: torch.stack(v, 1) for k, v in self.stats.items()}
+        status.warnings += self.collapsed_step_sizes()
+        return FitResult(samples, status=status, sample_stats=stats,
+                         info={**info, "chains_batched": self.point.z.shape[0], "dense_mass": self.dense_mass,
+                               "sampling_seconds": seconds,  # warmup and draws, after the setup
+                               "leapfrog_steps": self.leapfrogs.tolist()})  # per chain, warmup included
+
+    def collapsed_step_sizes(self) -> list[str]:
+        from .diagnostics import STEP_SIZE_MIN
+
+        step = self.step_size.expand(self.point.z.shape[0])
+        low = (step < STEP_SIZE_MIN).nonzero().flatten().tolist()
+        if not low or not self.draws:
+            return []
+        listed = ", ".join(f"{c} ({float(step[c]):.2g})" for c in low[:5])
+        return [f"{self.name}: the step size of chain{'s' * (len(low) > 1)} {listed} collapsed during warmup "
+                f"(below {STEP_SIZE_MIN}); their draws are kept but barely move: standardise the data or "
+                "reparameterise"]
+
+
+def _per_chain_failures(batched, eager):
+    """The batched log density, where one chain's trajectory gone out of the model's support costs that
+    chain a -inf (a divergence), not the batch an exception: an invalid parameter gives a nan (validation
+    is off), and an error the batch still raises (a Cholesky of a matrix no longer positive definite) is
+    retried chain by chain, eagerly."""
+
+    def one(row):
+        try:
+            return eager(row.unsqueeze(0))
+        except (ValueError, RuntimeError):
+            return row.new_full((1,), -torch.inf), torch.zeros_like(row).unsqueeze(0)
+
+    def density(z):
+        try:
+            return batched(z)
+        except (ValueError, RuntimeError):
+            rows = [one(row) for row in z]
+            return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+
+    return density
+
+
+def _initial_points(problem, name: str, density, theta0: torch.Tensor, chains: int, spread: float,
+                    random: ChainRandom) -> Point:
+    """Each chain's start: the model's initial point jittered, redrawn while the density is not finite."""
+    z = theta0.expand(chains, -1).clone()
+    logp, grad = density(z)
+    ok = torch.isfinite(logp) & torch.isfinite(grad).all(-1)
+    if not bool(ok.any()):
+        raise ZooError(_undefined_at_start(problem, name, theta0))
+    if spread > 0:
+        pending = torch.ones(chains, dtype=torch.bool, device=z.device)
+        for attempt in range(INIT_TRIES):
+            u = random.uniform(_INIT_COUNTER + attempt, z.shape[1], z.dtype)
+            trial = torch.where(pending.unsqueeze(-1), theta0 + spread * (2 * u - 1), z)
+            trial_logp, trial_grad = density(trial)
+            good = pending & torch.isfinite(trial_logp) & torch.isfinite(trial_grad).all(-1)
+            z = torch.where(good.unsqueeze(-1), trial, z)
+            logp, grad = torch.where(good, trial_logp, logp), torch.where(good.unsqueeze(-1), trial_grad, grad)
+            pending = pending & ~good
+            if not bool(pending.any()):
+                break
+    return Point(z, torch.zeros_like(z), logp, grad)
+
+
+def _undefined_at_start(problem, name: str, theta0: torch.Tensor) -> str:
+    """Which sites have a non-finite log density at the model's initial point."""
+    latents, _, _ = problem.flat()
+    values = latents.constrain(theta0)
+    trace = run_trace(problem.model, problem.args, lambda site: values.get(site["name"]))
+    bad = []
+    for site_name, site in trace.nodes.items():
+        if site["type"] == "sample" and not bool(torch.isfinite(site["fn"].log_prob(site["value"]).sum())):
+            bad.append(site_name)
+    where = f"at sites {bad}" if bad else "(its gradient, or a pyro.factor term)"
+    return (f"{name}: the model's log density is not finite at its initial point {where}; give an init_loc_fn "
+            "or priors whose support contains the data")
+
+

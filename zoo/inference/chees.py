@@ -1,0 +1,177 @@
+"""``chees``: ChEES-HMC (Hoffman, Radul & Sountsov 2021), jittered HMC in which every chain takes the same
+number of leapfrog steps per iteration: no tree, no per-chain stopping, so a batch of hundreds of chains
+wastes nothing waiting on its slowest member.
+
+The step size, shared by all chains, follows dual averaging of the harmonic-mean acceptance probability
+towards 0.651 (Beskos et al. 2013); the trajectory length T follows Adam (no momentum) up the gradient of
+the ChEES criterion, E[(|x' - E x'|^2 - |x - E x|^2)^2] / 4, estimated across the chains and weighted by
+their acceptance probabilities. Each iteration runs ceil(h T / step) steps with h from a Halton sequence;
+the diagonal or dense metric comes from Stan's windows over all chains' warmup draws.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .._errors import ZooError
+from ._base import FitResult, check_positive, register_backend
+from .adaptation import DualAveraging
+from .batched import ChainRun, Chains, identity_metric, start_chains
+from .traced import MODES
+from .trajectory import MAX_ENERGY_ERROR, SLOTS, Point, leapfrog, velocity
+
+LOG_UPDATE_CLIP = 0.35  # at most a factor of about 1.4 on T per iteration
+ADAM_BETA2 = 0.95
+
+
+def halton(index: int, base: int = 2) -> float:
+    """The ``index``-th (from 1) point of the van der Corput sequence in ``base``: an even spread in (0, 1)."""
+    value, scale = 0.0, 1.0 / base
+    while index:
+        index, digit = divmod(index, base)
+        value += digit * scale
+        scale /= base
+    return value
+
+
+@register_backend
+@dataclass
+class ChEES:
+    """ChEES-HMC: all chains in lockstep, the trajectory length learnt across them. ``num_samples``
+    (given to ``fit``) is the number of draws per chain.
+
+    Parameters
+    ----------
+    num_warmup : int
+        Warmup iterations: step size, trajectory length and metric adapted, the draws discarded.
+    num_chains : int
+        Chains, at least 2: the criterion is estimated across them (the more, the steadier; 64 to
+        thousands on a GPU).
+    target_accept : float
+        The harmonic mean of the chains' acceptance probabilities that dual averaging aims for.
+    max_leapfrog_steps : int
+        The most leapfrog steps of one iteration.
+    learning_rate : float
+        Adam's learning rate on log T.
+    dense_mass, init_spread, density
+        As for ``nuts``.
+    """
+
+    name: ClassVar[str] = "chees"
+    num_warmup: int = 500
+    num_chains: int = 64
+    target_accept: float = 0.651
+    max_leapfrog_steps: int = 1000
+    learning_rate: float = 0.025
+    dense_mass: bool = False
+    init_spread: float = 1.0
+    density: str = "traced"
+
+    def check(self) -> None:
+        check_positive(f"{self.name}: num_warmup", self.num_warmup + 1)
+        check_positive(f"{self.name}: num_chains", self.num_chains)
+        if self.num_chains < 2:
+            raise ZooError(f"{self.name}: the trajectory length is learnt across chains, so num_chains must be at "
+                           f"least 2 (64 or more is usual), got {self.num_chains}; for one chain use nuts")
+        check_positive(f"{self.name}: max_leapfrog_steps", self.max_leapfrog_steps)
+        check_positive(f"{self.name}: learning_rate", self.learning_rate, integer=False)
+        if not 0 < self.target_accept < 1:
+            raise ZooError(f"{self.name}: target_accept must be in (0, 1), got {self.target_accept}")
+        if self.density not in MODES:
+            raise ZooError(f"{self.name}: density must be one of {MODES}, got {self.density!r}")
+        if not (isinstance(self.init_spread, (int, float)) and 0 <= self.init_spread < math.inf):
+            raise ZooError(f"{self.name}: init_spread must be a number >= 0, got {self.init_spread!r}")
+
+    def fit(self, problem) -> FitResult:
+        self.check()
+        chains = start_chains(problem, self.name, self.num_chains, self.init_spread, self.density, self.dense_mass)
+        point = chains.point
+        example = (Point(point.z, torch.ones_like(point.z), point.logp, point.grad),
+                   torch.full_like(point.logp, 1e-3), identity_metric(point, self.dense_mass).inverse_mass)
+        step, mode = chains.bind(leapfrog, example if self.density == "compiled" else None)
+        run = _ChEESRun(self, chains, problem.num_samples, step)
+        result = run.run(problem, run.step, run.postfix, {"density": mode})
+        result.info["trajectory_length"] = run.length
+        return result
+
+
+class _ChEESRun(ChainRun):
+    name = "chees"
+    stat_names = ("diverging", "n_steps", "energy", "step_size", "acceptance_rate", "lp")
+
+    def __init__(self, config: ChEES, chains: Chains, num_samples: int, leapfrog_step):
+        super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, True)
+        self.config, self.leapfrog_step = config, leapfrog_step
+        self.step_size = self._shared(self.step_size)
+        self.adapt = DualAveraging(config.target_accept, self.step_size[:1].log())
+        self.length = float(self.step_size[0])  # T, starting at one step
+        self.log_length_avg = math.log(self.length)
+        self.adam_v, self.updates = 0.0, 0
+        self.num_steps = 1
+
+    def _shared(self, step: torch.Tensor) -> torch.Tensor:
+        """One step size for all chains (the geometric mean of per-chain values), as a (C,) tensor."""
+        return step.log().mean().exp().expand_as(step).clone()
+
+    def step(self, t: int) -> None:
+        c, start, metric = self.config, self.point, self.metric
+        h = halton(t + 1)
+        step = float(self.step_size[0])
+        self.num_steps = max(1, min(c.max_leapfrog_steps, math.ceil(h * self.length / step)))
+        r0 = metric.momentum(self.random.normal(t * SLOTS, start.z.shape[1], start.z.dtype))
+        point = Point(start.z, r0, start.logp, start.grad)
+        for _ in range(self.num_steps):
+            point = self.leapfrog_step(point, self.step_size, metric.inverse_mass)
+        error = torch.nan_to_num(-point.logp + metric.kinetic(point.r) + start.logp - metric.kinetic(r0),
+                                 nan=torch.inf)
+        accept_prob = torch.exp(-error).clamp(max=1.0)
+        diverging = error > MAX_ENERGY_ERROR
+        accepted = self.random.uniform(t * SLOTS + 1, 1, start.z.dtype)[:, 0].log() < -error
+        self.point = point.where(accepted, Point(start.z, r0, start.logp, start.grad))
+        self.leapfrogs += self.num_steps
+        if t >= c.num_warmup:
+            self.keep(dict(diverging=diverging, n_steps=torch.full_like(error, self.num_steps),
+                           energy=-self.point.logp + metric.kinetic(self.point.r), step_size=self.step_size,
+                           acceptance_rate=accept_prob, lp=self.point.logp))
+            return
+        self._adapt_length(h, start.z, point, accept_prob, diverging)
+        kept = ~diverging
+        harmonic = kept.sum() / (1.0 / accept_prob.clamp(min=1e-10))[kept].sum() if bool(kept.any()) else 0.0
+        self.adapt.update(torch.as_tensor(harmonic, dtype=error.dtype).reshape(1))
+        self.step_size = self.adapt.step_size.expand_as(error).clone()
+        if self.new_metric(t):
+            self.step_size = self._shared(self.search_step_size(self.step_size, t + 1))
+            self.adapt.restart(self.step_size[:1])
+        if t + 1 == c.num_warmup:
+            self.step_size = self.adapt.final_step_size.expand_as(error).clone()
+        step = float(self.step_size[0])
+        self.length = min(max(self.length, step), c.max_leapfrog_steps * step)
+
+    def _adapt_length(self, h: float, x: torch.Tensor, proposal: Point, accept_prob: torch.Tensor,
+                      diverging: torch.Tensor) -> None:
+        """One Adam step of log T up the ChEES gradient, through the smoothed iterate (as BlackJAX and TFP)."""
+        weight = torch.where(diverging | ~torch.isfinite(proposal.z).all(-1), 0.0, accept_prob)
+        if float(weight.sum()) <= 0:
+            return
+        x_new = torch.where(weight.unsqueeze(-1) > 0, proposal.z, x)
+        centred_new = x_new - (weight.unsqueeze(-1) * x_new).sum(0) / weight.sum()
+        centred_old = x - x.mean(0)
+        change = (centred_new**2).sum(-1) - (centred_old**2).sum(-1)
+        v = velocity(self.metric.inverse_mass, proposal.r)
+        per_chain = h * self.length * change * (centred_new * v).sum(-1)  # d ChEES / d log T
+        grad = float((weight * torch.nan_to_num(per_chain)).sum() / weight.sum())
+        self.updates += 1
+        self.adam_v = ADAM_BETA2 * self.adam_v + (1 - ADAM_BETA2) * grad**2
+        v_hat = self.adam_v / (1 - ADAM_BETA2**self.updates)
+        update = self.config.learning_rate * grad / (math.sqrt(v_hat) + 1e-8)
+        update = max(-LOG_UPDATE_CLIP, min(LOG_UPDATE_CLIP, update))
+        average = self.updates ** -0.5
+        self.log_length_avg = (1 - average) * self.log_length_avg + average * (math.log(self.length) + update)
+        self.length = math.exp(self.log_length_avg)
+
+    def postfix(self) -> dict:
+        return {"step": f"{float(self.step_size[0]):.3g}", "steps": self.num_steps}
