@@ -12,6 +12,7 @@ eager path. Each mode is specialised to the batch size it was traced at.
 
 from __future__ import annotations
 
+import types
 import warnings
 from collections.abc import Callable
 
@@ -52,12 +53,19 @@ def compile_checked(fn: Callable, example: tuple, compared: Callable = lambda ou
     """``fn`` through ``torch.compile`` (shapes fixed), if it compiles here and gives ``fn``'s ``compared``
     outputs on ``example``; else None."""
     try:
-        compiled = torch.compile(fn, dynamic=False)
+        compiled = torch.compile(_own_code(fn), dynamic=False)
         want, got = compared(fn(*example)), compared(compiled(*example))
     except Exception:  # no C++ compiler, an operation inductor does not lower: the caller stays uncompiled
         return None
     want, got = torch.utils._pytree.tree_leaves(want), torch.utils._pytree.tree_leaves(got)
     return compiled if len(want) == len(got) and all(map(_close, want, got)) else None
+
+
+def _own_code(fn: Callable) -> Callable:
+    """``fn`` with a code object of its own. torch.compile keeps its graphs and its recompile budget (8) per
+    code object: a closure made afresh for each fit shares its code with every earlier fit's, and the
+    ninth fit in a process would silently run uncompiled."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:

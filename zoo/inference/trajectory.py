@@ -165,7 +165,7 @@ def build_subtree(edge: Point, step: torch.Tensor, num_leaves: int, energy0: tor
                   inverse_mass: torch.Tensor, grow_leaf: Grow, slots: int) -> Subtree:
     """``num_leaves`` leapfrog steps from ``edge``; a chain stops extending once its subtree is invalid."""
     tree = empty_subtree(edge, slots)
-    log_u = uniforms.log().T.contiguous()  # rows, so that every leaf's is laid out alike
+    log_u = uniforms.log().T.clone(memory_format=torch.contiguous_format)  # rows, every one laid out alike
     for leaf in range(num_leaves):
         store, check = slot_masks(leaf, slots, edge.z.device)
         tree = grow_leaf(tree, step, inverse_mass, energy0, log_u[leaf], store, check)
