@@ -167,16 +167,23 @@ def run_numpyro(problem: Problem, chains: int, warmup: int, draws: int, method: 
         samples = jax.block_until_ready(mcmc.get_samples(group_by_chain=True))
         return mcmc, samples, time.perf_counter() - start
 
+    def draw_steps(mcmc):  # only the draws' steps are kept (a separate warmup() call would compile again)
+        return int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+
     _, _, cold = run(warmup, draws)  # compiles
     # every run() traces and dispatches again (seconds, whatever its length): a 10 + 10 run measures that,
     # and is taken off, so that NumPyro's time is its sampling alone
     _, _, fixed = run(10, 10)
     mcmc, samples, seconds = run(warmup, draws)
-    # steps of the draws, scaled to the warmup as well (a separate warmup() call would compile again)
-    steps = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum()) * (warmup + draws) / draws
+    steps, how = draw_steps(mcmc) * (warmup + draws) / draws, "scaled from draws"
+    if seconds - fixed < 0.2 * seconds:  # sampling lost in that fixed cost: time the extra draws of a longer run
+        longer, _, long_seconds = run(warmup, 10 * draws)
+        per_step = max(long_seconds - seconds, 1e-3) / max(draw_steps(longer) - draw_steps(mcmc), 1)
+        seconds, how = per_step * steps, "scaled from draws; time from a 10x longer run"
+    else:
+        seconds = seconds - fixed
     samples = {k: np.asarray(v) for k, v in samples.items()}
-    return _row(problem, f"numpyro ({method})", chains, max(seconds - fixed, 1e-3), cold, steps, samples,
-                "scaled from draws")
+    return _row(problem, f"numpyro ({method})", chains, seconds, cold, steps, samples, how)
 
 
 def _row(problem, sampler, chains, seconds, wall, steps, samples, how) -> dict:
