@@ -23,11 +23,15 @@ from ._base import (
     on_minibatch,
     register_backend,
 )
+from .elbo_graph import trace_elbo_step
 from .loop import NonFinite, run_steps
 from .sites import DATA_PLATE
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
 JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}
+# tracing the step (elbo_graph.py) costs about 200 of Pyro's steps and then halves each step's ELBO: shorter
+# fits keep Pyro's step
+TRACE_MIN_STEPS = 500
 
 
 @register_backend
@@ -52,7 +56,12 @@ class SVI:
     num_particles : int
         Monte Carlo samples per step, vectorised.
     jit : bool
-        Compile the ELBO with the PyTorch JIT (faster steps after a slow first one).
+        Compile the ELBO with the PyTorch JIT (faster steps after a slow first one; TorchScript, deprecated).
+
+    A fit of at least 500 steps runs its step, after the first, as the ELBO's loss and gradients traced
+    once into an FX graph (zoo/inference/elbo_graph.py) where that graph gives Pyro's loss and gradients
+    at the same random numbers; ``post.info["elbo_step"]`` says ``"traced"`` or ``"pyro"``. A model whose
+    Python state changes between steps (a counter read inside it) must pass that state as data.
     """
 
     name: ClassVar[str] = "svi"
@@ -112,13 +121,9 @@ class SVI:
                     else:
                         last_good[p] = p.detach().clone()
 
-        def step(t):
-            step_args = args
-            if minibatch:
-                start = (t * batch_size) % n
-                if start + batch_size > n:
-                    order["perm"], start = torch.randperm(n, device=args[0].device), 0
-                step_args = (*args, order["perm"][start:start + batch_size])
+        traced = {}  # after the first step: the parameters by name, and the step as a graph (or None)
+
+        def pyro_step(step_args):
             with poutine.trace(param_only=True) as params, per_example_noise():
                 try:
                     loss = elbo.loss_and_grads(model, guide_run, *step_args)
@@ -126,7 +131,28 @@ class SVI:
                     if "invalid values" not in str(err):
                         raise
                     loss = math.nan
-            unconstrained = {site["value"].unconstrained() for site in params.trace.nodes.values()}
+            unconstrained = {name: site["value"].unconstrained() for name, site in params.trace.nodes.items()}
+            if not traced and not self.jit and num_steps >= TRACE_MIN_STEPS and math.isfinite(loss):
+                traced["params"] = unconstrained
+                traced["graph"] = trace_elbo_step(elbo, model, guide_run, list(unconstrained), step_args,
+                                                  owners=(problem.model, guide))
+            return loss, set(unconstrained.values())
+
+        def graph_step(step_args):
+            params = list(traced["params"].values())
+            loss, grads = traced["graph"](params, *step_args)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            return float(loss), set(params)
+
+        def step(t):
+            step_args = args
+            if minibatch:
+                start = (t * batch_size) % n
+                if start + batch_size > n:
+                    order["perm"], start = torch.randperm(n, device=args[0].device), 0
+                step_args = (*args, order["perm"][start:start + batch_size])
+            loss, unconstrained = (graph_step if traced.get("graph") else pyro_step)(step_args)
             # one sum is non-finite when any gradient is (one sync, not one per parameter)
             grad_sum = sum(p.grad.sum() for p in unconstrained if p.grad is not None)
             if not math.isfinite(loss) or not math.isfinite(float(grad_sum)):
@@ -146,7 +172,9 @@ class SVI:
         samples, log_q = draw_from_guide(guide, args, sites, problem.num_samples)
         params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
         return FitResult({k: v.unsqueeze(0) for k, v in samples.items()}, status=status, loss=losses,
-                         params=params, info={"num_steps": num_steps, "batch_size": batch_size}, log_q=log_q)
+                         params=params, log_q=log_q,
+                         info={"num_steps": num_steps, "batch_size": batch_size,
+                               "elbo_step": "traced" if traced.get("graph") else "pyro"})
 
     def _num_steps(self, n, batch_size):
         if self.num_steps is not None and self.num_epochs is not None:

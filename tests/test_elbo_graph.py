@@ -1,0 +1,83 @@
+"""The SVI step as a traced graph: its loss and gradients are Pyro's at the same random numbers, it trains as
+Pyro's step does, and a model it cannot reproduce keeps Pyro's step."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+
+import zoo
+from zoo.inference.elbo_graph import trace_elbo_step
+
+
+def regression(x, y=None):
+    w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+    sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+    with pyro.plate("data", x.shape[0]):
+        return pyro.sample("y", dist.Normal(x @ w, sigma), obs=y)
+
+
+@pytest.fixture
+def data():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, generator=gen)
+    return x, x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3 * torch.randn(50, generator=gen)
+
+
+def test_the_graph_gives_trace_elbos_loss_and_gradients(data):
+    pyro.clear_param_store()
+    guide, elbo = AutoNormal(regression), Trace_ELBO()
+    elbo.loss(regression, guide, *data)  # creates the parameters
+    store = pyro.get_param_store()
+    names = sorted(store.keys())
+    step = trace_elbo_step(elbo, regression, guide, names, data, owners=(guide,))
+    assert step is not None
+    with torch.no_grad():  # away from the initial point, where every gradient is its own
+        for name in names:
+            store._params[name].add_(0.1 * torch.randn_like(store._params[name]))
+    params = [store._params[name] for name in names]
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        loss, grads = step([p.detach() for p in params], *data)
+        torch.manual_seed(seed)
+        want = elbo.loss_and_grads(regression, guide, *data)
+        assert float(loss) == pytest.approx(want, rel=1e-5)
+        for p, g in zip(params, grads, strict=True):
+            torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-5)
+            p.grad = None
+        assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_a_bnn_trains_the_same_through_the_graph(monkeypatch):
+    data = zoo.datasets.load("boston", split=0)
+    model = zoo.load("bnn", data=data, hidden=[10])
+    graph = zoo.fit(model, data.train, "svi", num_steps=500, batch_size=64, seed=0)
+    monkeypatch.setattr("zoo.inference.svi.trace_elbo_step", lambda *args, **kwargs: None)
+    pyro_step = zoo.fit(model, data.train, "svi", num_steps=500, batch_size=64, seed=0)
+    assert (graph.info["elbo_step"], pyro_step.info["elbo_step"]) == ("traced", "pyro")
+    assert graph.loss[0] == pytest.approx(pyro_step.loss[0], rel=1e-4)  # the same first step
+    assert graph.evaluate(data.test)["rmse"] == pytest.approx(pyro_step.evaluate(data.test)["rmse"], rel=0.1)
+
+
+def test_a_guide_with_a_discrete_site_keeps_pyros_step():
+    def mixture(y):
+        weight = pyro.sample("weight", dist.Beta(1.0, 1.0))
+        with pyro.plate("data", y.shape[0]):
+            z = pyro.sample("z", dist.Bernoulli(weight))
+            pyro.sample("y", dist.Normal(3.0 * z, 1.0), obs=y)
+
+    def guide(y):
+        a = pyro.param("a", torch.tensor(1.0), constraint=dist.constraints.positive)
+        pyro.sample("weight", dist.Beta(a, 1.0))
+        p = pyro.param("p", torch.full(y.shape, 0.5), constraint=dist.constraints.unit_interval)
+        with pyro.plate("data", y.shape[0]):
+            pyro.sample("z", dist.Bernoulli(p))
+
+    pyro.clear_param_store()
+    y = torch.tensor([0.1, 2.9, 3.2, -0.4])
+    elbo = Trace_ELBO()
+    elbo.loss(mixture, guide, y)
+    # a score-function site (its surrogate loss is not the loss): not traced
+    assert trace_elbo_step(elbo, mixture, guide, ["a", "p"], (y,)) is None
