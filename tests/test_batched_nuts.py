@@ -74,7 +74,7 @@ def test_a_chain_draws_the_same_alone_or_among_many():
     assert not torch.equal(among.samples["mu"][0], among.samples["mu"][1])
 
 
-@pytest.mark.parametrize("density", ["traced", "compiled"])
+@pytest.mark.parametrize("density", ["traced", pytest.param("compiled", marks=pytest.mark.slow)])
 def test_eight_schools_matches_its_reference(density):
     # the non-centred eight schools posterior (posteriordb eight_schools_noncentered): mu 4.4 (3.3), tau 3.6 (3.2)
     post = zoo.fit(_eight_schools, SCHOOLS, "nuts", num_samples=500, seed=0, density=density)

@@ -12,6 +12,8 @@ eager path. Each mode is specialised to the batch size it was traced at.
 
 from __future__ import annotations
 
+import signal
+import threading
 import types
 import warnings
 from collections.abc import Callable
@@ -52,11 +54,16 @@ def value_and_grad_fn(log_density: Callable, example: torch.Tensor, mode: str) -
 def compile_checked(fn: Callable, example: tuple, compared: Callable = lambda out: out) -> Callable | None:
     """``fn`` through ``torch.compile`` (shapes fixed), if it compiles here and gives ``fn``'s ``compared``
     outputs on ``example``; else None."""
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
     try:
         compiled = torch.compile(_own_code(fn), dynamic=False)
         want, got = compared(fn(*example)), compared(compiled(*example))
     except Exception:  # no C++ compiler, an operation inductor does not lower: the caller stays uncompiled
         return None
+    finally:  # inductor's compile workers leave Ctrl-C ignored in this process: the fit's loop needs it
+        if main and handler is not None:
+            signal.signal(signal.SIGINT, handler)
     want, got = torch.utils._pytree.tree_leaves(want), torch.utils._pytree.tree_leaves(got)
     return compiled if len(want) == len(got) and all(map(_close, want, got)) else None
 
