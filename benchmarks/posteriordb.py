@@ -9,8 +9,8 @@ over the parameters, the worst R-hat and smallest bulk ESS (samplers), the PSIS 
 wall time. nuts: 4 batched chains of 500 warmup + 1,000 draws; chees: 64 chains of 500 + 200; pyro-nuts
 (Pyro's kernel; the rows named "nuts" before the batched sampler were this one): 2 chains of 500 + 1,000;
 laplace: exact Hessian, prior left as written (no evidence tuning); svi: full-rank Gaussian, 5,000 Adam steps
-(lr 0.02 decayed to 0.0002), 4,000 draws. Each finished
-run is appended to benchmarks/results/posteriordb-runs.jsonl; the table is rebuilt from all runs.
+(lr 0.02 decayed to 0.0002), 4,000 draws. Each finished run is appended to
+benchmarks/results/posteriordb-runs.jsonl; the table is rebuilt from all runs.
 """
 
 from __future__ import annotations

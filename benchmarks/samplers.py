@@ -5,9 +5,9 @@ same models (NumPyro twins written here line by line from the zoo's models; same
 For each model and sampler: microseconds per leapfrog step per chain (sampling wall time, warmup included,
 over the leapfrog steps all chains took), minimum bulk ESS over every coordinate, and that ESS per second
 of wall time. NumPyro is timed warm (a run after one that compiled, less a 10 + 10 run: the tracing and
-dispatch every ``run`` repeats) and cold; the zoo's time is its sampling loop, after the one-off trace and
-compilation. The steps of NumPyro and
-pyro-nuts are counted over the draws and scaled to the warmup (the table says which rows are scaled).
+dispatch every ``run`` repeats; for a cheap model, the extra draws of a 10x longer run) and cold; the zoo's
+time is its sampling loop, after the one-off trace and compilation. The steps of NumPyro and pyro-nuts are
+counted over the draws and scaled to the warmup (the table says which rows are scaled).
 
     pip install -e ".[bench]"         # numpyro, jax, jaxlib: references only, never used by the package
     python benchmarks/samplers.py      # writes benchmarks/results/samplers.{json,md}

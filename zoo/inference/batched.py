@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import torch
 
 from .._errors import ZooError
-from ._base import FitResult
+from ._base import FitResult, check_positive
 from ._random import ChainRandom
 from .adaptation import MassEstimate, warmup_windows
 from .flat import FlatLatents
 from .loop import run_steps
 from .sites import run_trace
-from .traced import compile_checked, value_and_grad_fn
+from .traced import MODES, compile_checked, value_and_grad_fn
 from .trajectory import SLOTS, Metric, Point, leapfrog
 
 INIT_TRIES = 100  # jittered starts tried per chain before falling back to the model's own start
@@ -64,6 +64,19 @@ class Chains:
         return run, "compiled"
 
 
+def check_chain_options(config) -> None:
+    """The options every batched sampler has: num_warmup, num_chains, target_accept, density, init_spread."""
+    name = config.name
+    check_positive(f"{name}: num_warmup", config.num_warmup + 1)
+    check_positive(f"{name}: num_chains", config.num_chains)
+    if not 0 < config.target_accept < 1:
+        raise ZooError(f"{name}: target_accept must be in (0, 1), got {config.target_accept}")
+    if config.density not in MODES:
+        raise ZooError(f"{name}: density must be one of {MODES}, got {config.density!r}")
+    if not (isinstance(config.init_spread, (int, float)) and 0 <= config.init_spread < math.inf):
+        raise ZooError(f"{name}: init_spread must be a number >= 0, got {config.init_spread!r}")
+
+
 def start_chains(problem, name: str, num_chains: int, init_spread: float, density: str,
                  dense_mass: bool) -> Chains:
     latents, log_density, theta0 = problem.flat()
@@ -92,6 +105,12 @@ class ChainRun:
 
     name: str
     stat_names: tuple[str, ...]
+
+    def step(self, t: int) -> None:
+        raise NotImplementedError
+
+    def postfix(self) -> dict:
+        raise NotImplementedError
 
     def __init__(self, chains: Chains, num_warmup: int, num_samples: int, dense_mass: bool, pooled_mass: bool):
         self.chains, self.point, self.random, self.density = chains, chains.point, chains.random, chains.density
@@ -145,9 +164,10 @@ class ChainRun:
             step = torch.where(going, (step * direction).clamp(1e-10, 1e7), step)
         return step
 
-    def run(self, problem, step: Callable[[int], None], postfix: Callable[[], dict], info: dict) -> FitResult:
+    def run(self, problem, info: dict) -> FitResult:
         start = time.perf_counter()
-        status = run_steps(self.num_warmup + self.num_samples, step, self.name, problem.progress, postfix=postfix)
+        status = run_steps(self.num_warmup + self.num_samples, self.step, self.name, problem.progress,
+                           postfix=self.postfix)
         seconds = time.perf_counter() - start
         if not self.draws:
             raise ZooError(f"{self.name}: interrupted before the first draw after warmup; nothing to keep")

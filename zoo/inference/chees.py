@@ -20,8 +20,7 @@ import torch
 from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
-from .batched import ChainRun, Chains, identity_metric, start_chains
-from .traced import MODES
+from .batched import ChainRun, Chains, check_chain_options, identity_metric, start_chains
 from .trajectory import MAX_ENERGY_ERROR, SLOTS, Point, leapfrog, velocity
 
 LOG_UPDATE_CLIP = 0.35  # at most a factor of about 1.4 on T per iteration
@@ -72,19 +71,12 @@ class ChEES:
     density: str = "traced"
 
     def check(self) -> None:
-        check_positive(f"{self.name}: num_warmup", self.num_warmup + 1)
-        check_positive(f"{self.name}: num_chains", self.num_chains)
+        check_chain_options(self)
         if self.num_chains < 2:
             raise ZooError(f"{self.name}: the trajectory length is learnt across chains, so num_chains must be at "
                            f"least 2 (64 or more is usual), got {self.num_chains}; for one chain use nuts")
         check_positive(f"{self.name}: max_leapfrog_steps", self.max_leapfrog_steps)
         check_positive(f"{self.name}: learning_rate", self.learning_rate, integer=False)
-        if not 0 < self.target_accept < 1:
-            raise ZooError(f"{self.name}: target_accept must be in (0, 1), got {self.target_accept}")
-        if self.density not in MODES:
-            raise ZooError(f"{self.name}: density must be one of {MODES}, got {self.density!r}")
-        if not (isinstance(self.init_spread, (int, float)) and 0 <= self.init_spread < math.inf):
-            raise ZooError(f"{self.name}: init_spread must be a number >= 0, got {self.init_spread!r}")
 
     def fit(self, problem) -> FitResult:
         self.check()
@@ -94,7 +86,7 @@ class ChEES:
                    torch.full_like(point.logp, 1e-3), identity_metric(point, self.dense_mass).inverse_mass)
         step, mode = chains.bind(leapfrog, example if self.density == "compiled" else None)
         run = _ChEESRun(self, chains, problem.num_samples, step)
-        result = run.run(problem, run.step, run.postfix, {"density": mode})
+        result = run.run(problem, {"density": mode})
         result.info["trajectory_length"] = run.length
         return result
 
@@ -114,8 +106,8 @@ class _ChEESRun(ChainRun):
         self.num_steps = 1
 
     def _shared(self, step: torch.Tensor) -> torch.Tensor:
-        """One step size for all chains (the geometric mean of per-chain values), as a (C,) tensor."""
-        return step.log().mean().exp().expand_as(step).clone()
+        """One step size for all chains (the geometric mean of the values given), as a (C,) tensor."""
+        return step.log().mean().exp().expand(self.point.z.shape[0]).clone()
 
     def step(self, t: int) -> None:
         c, start, metric = self.config, self.point, self.metric
@@ -123,7 +115,7 @@ class _ChEESRun(ChainRun):
         step = float(self.step_size[0])
         self.num_steps = max(1, min(c.max_leapfrog_steps, math.ceil(h * self.length / step)))
         r0 = metric.momentum(self.random.normal(t * SLOTS, start.z.shape[1], start.z.dtype))
-        point = Point(start.z, r0, start.logp, start.grad)
+        begin = point = Point(start.z, r0, start.logp, start.grad)
         for _ in range(self.num_steps):
             point = self.leapfrog_step(point, self.step_size, metric.inverse_mass)
         error = torch.nan_to_num(-point.logp + metric.kinetic(point.r) + start.logp - metric.kinetic(r0),
@@ -131,7 +123,7 @@ class _ChEESRun(ChainRun):
         accept_prob = torch.exp(-error).clamp(max=1.0)
         diverging = error > MAX_ENERGY_ERROR
         accepted = self.random.uniform(t * SLOTS + 1, 1, start.z.dtype)[:, 0].log() < -error
-        self.point = point.where(accepted, Point(start.z, r0, start.logp, start.grad))
+        self.point = point.where(accepted, begin)
         self.leapfrogs += self.num_steps
         if t >= c.num_warmup:
             self.keep(dict(diverging=diverging, n_steps=torch.full_like(error, self.num_steps),
@@ -142,12 +134,12 @@ class _ChEESRun(ChainRun):
         kept = ~diverging
         harmonic = kept.sum() / (1.0 / accept_prob.clamp(min=1e-10))[kept].sum() if bool(kept.any()) else 0.0
         self.adapt.update(torch.as_tensor(harmonic, dtype=error.dtype).reshape(1))
-        self.step_size = self.adapt.step_size.expand_as(error).clone()
+        self.step_size = self._shared(self.adapt.step_size)
         if self.new_metric(t):
             self.step_size = self._shared(self.search_step_size(self.step_size, t + 1))
             self.adapt.restart(self.step_size[:1])
         if t + 1 == c.num_warmup:
-            self.step_size = self.adapt.final_step_size.expand_as(error).clone()
+            self.step_size = self._shared(self.adapt.final_step_size)
         step = float(self.step_size[0])
         self.length = min(max(self.length, step), c.max_leapfrog_steps * step)
 

@@ -32,34 +32,33 @@ def trace_elbo_step(elbo, model: Callable, guide: Callable, names: list[str], ar
     store, replaying ``elbo``'s loss and gradients; None where it cannot be traced faithfully. ``owners``:
     the modules (model, guide) whose PyroModule parameters are those of the store."""
     store = pyro.get_param_store()
-    slots = _module_slots(owners, [store._params[name] for name in names])
+    params = [store._params[name] for name in names]
+    # where each parameter is held: the store, and any PyroModule attribute holding the same tensor (a
+    # PyroModule whose attribute is not the store's tensor re-wraps the store's as a new nn.Parameter,
+    # cutting it from the traced leaves): all are set to the leaf while the step is traced
+    in_modules = _module_slots(owners, params)
+    holders = [[(store._params, name), *slots] for name, slots in zip(names, in_modules, strict=True)]
 
     def loss_and_grads(params, *step_args):
-        saved = {name: store._params[name] for name in names}
         leaves = [p.detach().requires_grad_(True) for p in params]
+        saved = [[holder[key] for holder, key in held] for held in holders]
         try:
-            # a PyroModule whose attribute is not the store's tensor re-wraps the store's as a new
-            # nn.Parameter (cutting it from these leaves): both are set to the leaf
-            store._params.update(zip(names, leaves, strict=True))
-            for leaf, holders in zip(leaves, slots, strict=True):
-                for holder, key in holders:
+            for leaf, held in zip(leaves, holders, strict=True):
+                for holder, key in held:
                     holder[key] = leaf
             with per_example_noise(), pyro.validation_enabled(False), _untraceable_off(elbo):
                 loss = elbo.differentiable_loss(model, guide, *step_args)
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         finally:
-            store._params.update(saved)
-            for name, holders in zip(names, slots, strict=True):
-                for holder, key in holders:
-                    holder[key] = saved[name]
+            for values, held in zip(saved, holders, strict=True):
+                for value, (holder, key) in zip(values, held, strict=True):
+                    holder[key] = value
         return loss.detach(), [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
 
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    params = [store._params[name] for name in names]
-    devices = [p.device for p in params[:1] if p.is_cuda]
     try:  # tracing runs the step once: on random numbers of its own, so the fit's stream is as without it
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=_rng_devices(params)):
             warnings.simplefilter("ignore")
             graph = make_fx(loss_and_grads)([p.detach() for p in params], *args)
     except Exception:  # data-dependent shapes, .item(), an op the tracer cannot follow
@@ -93,25 +92,25 @@ def _untraceable_off(elbo):
         yield
 
 
+def _rng_devices(params: list[torch.Tensor]) -> list[torch.device]:
+    """The CUDA device whose random state fork_rng must keep as well (the CPU's is always kept)."""
+    return [p.device for p in params[:1] if p.is_cuda]
+
+
 def _holds_a_parameter(graph: torch.fx.GraphModule, params: list[torch.Tensor]) -> bool:
-    """Whether the trace froze a trainable tensor in as a constant."""
+    """Whether the trace froze a trainable tensor in as a constant (a buffer or a lifted attribute)."""
     pointers = {p.data_ptr() for p in params}
-    for name, value in graph.named_buffers():
-        del name
-        if isinstance(value, torch.nn.Parameter) or value.requires_grad or value.data_ptr() in pointers:
-            return True
-    return any(isinstance(v, torch.Tensor) and (v.requires_grad or v.data_ptr() in pointers)
-               for v in vars(graph).values())
+    constants = [*graph.buffers(), *(v for v in vars(graph).values() if isinstance(v, torch.Tensor))]
+    return any(v.requires_grad or v.data_ptr() in pointers for v in constants)
 
 
 def _agrees(graph: Step, elbo, model, guide, params: list[torch.Tensor], args: tuple) -> bool:
     """The graph's loss and gradients against Pyro's own ``loss_and_grads``, at the same random numbers,
     twice."""
-    devices = [p.device for p in params[:1] if p.is_cuda]
     kept = [p.grad for p in params]
     try:
         for seed in (0, 1):
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=_rng_devices(params)):
                 torch.manual_seed(seed)
                 loss, grads = graph([p.detach() for p in params], *args)
                 torch.manual_seed(seed)

@@ -3,7 +3,6 @@ windowed warmup. Pyro's own kernel stays available as ``pyro-nuts``."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -12,8 +11,7 @@ import torch
 from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
-from .batched import ChainRun, Chains, identity_metric, start_chains
-from .traced import MODES
+from .batched import ChainRun, Chains, check_chain_options, identity_metric, start_chains
 from .trajectory import SLOTS, Point, empty_subtree, grow, nuts_transition, slot_masks, subtree_slots
 
 
@@ -61,24 +59,17 @@ class NUTS:
     density: str = "traced"
 
     def check(self) -> None:
-        check_positive(f"{self.name}: num_warmup", self.num_warmup + 1)
-        check_positive(f"{self.name}: num_chains", self.num_chains)
+        check_chain_options(self)
         check_positive(f"{self.name}: max_tree_depth", self.max_tree_depth)
         if self.max_tree_depth > SLOTS - 2:
             raise ZooError(f"{self.name}: max_tree_depth must be at most {SLOTS - 2}, got {self.max_tree_depth}")
-        if not 0 < self.target_accept < 1:
-            raise ZooError(f"{self.name}: target_accept must be in (0, 1), got {self.target_accept}")
-        if self.density not in MODES:
-            raise ZooError(f"{self.name}: density must be one of {MODES}, got {self.density!r}")
-        if not (isinstance(self.init_spread, (int, float)) and 0 <= self.init_spread < math.inf):
-            raise ZooError(f"{self.name}: init_spread must be a number >= 0, got {self.init_spread!r}")
 
     def fit(self, problem) -> FitResult:
         self.check()
         chains = start_chains(problem, self.name, self.num_chains, self.init_spread, self.density, self.dense_mass)
         grow_leaf, mode = self._leaf_step(chains)
         run = _NUTSRun(self, chains, problem.num_samples, grow_leaf)
-        return run.run(problem, run.step, run.postfix, {"density": mode})
+        return run.run(problem, {"density": mode})
 
     def _leaf_step(self, chains: Chains):
         """One leaf of the trajectory for all chains, and how the density runs in it: with

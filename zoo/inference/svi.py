@@ -121,7 +121,7 @@ class SVI:
                     else:
                         last_good[p] = p.detach().clone()
 
-        traced = {}  # after the first step: the parameters by name, and the step as a graph (or None)
+        traced = {}  # after the first step: the parameters, and the step as a graph (or None)
 
         def pyro_step(step_args):
             with poutine.trace(param_only=True) as params, per_example_noise():
@@ -133,17 +133,17 @@ class SVI:
                     loss = math.nan
             unconstrained = {name: site["value"].unconstrained() for name, site in params.trace.nodes.items()}
             if not traced and not self.jit and num_steps >= TRACE_MIN_STEPS and math.isfinite(loss):
-                traced["params"] = unconstrained
+                traced["params"] = list(unconstrained.values())
                 traced["graph"] = trace_elbo_step(elbo, model, guide_run, list(unconstrained), step_args,
                                                   owners=(problem.model, guide))
             return loss, set(unconstrained.values())
 
         def graph_step(step_args):
-            params = list(traced["params"].values())
+            params = traced["params"]
             loss, grads = traced["graph"](params, *step_args)
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
-            return float(loss), set(params)
+            return float(loss), params
 
         def step(t):
             step_args = args
