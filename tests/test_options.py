@@ -72,3 +72,35 @@ def test_diagonal_laplace_is_the_diagonal_of_the_full_hessian(linear):
     assert full.shape == (2, 2) and diag.shape == (2,)
     torch.testing.assert_close(diag, full.diagonal(), rtol=1e-5, atol=1e-4)
     assert float(full[0, 1].abs()) > 1  # correlated weights: the diagonal leaves something out
+
+
+def test_the_one_adam_is_torchs_adam_under_an_exponential_schedule():
+    from zoo.inference.adam import Adam
+
+    ours, theirs = torch.tensor([1.0, -2.0], requires_grad=True), torch.tensor([1.0, -2.0], requires_grad=True)
+    late = torch.tensor([3.0], requires_grad=True)  # joins at the third step, at that step's rate
+    optim = Adam(lr=0.1, gamma=0.9)
+    reference = torch.optim.Adam([theirs], lr=0.1)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(reference, gamma=0.9)
+    for t in range(5):
+        params = [ours, late] if t >= 2 else [ours]
+        sum((p ** 3).sum() for p in params).backward()
+        optim.step(params)
+        (theirs ** 3).sum().backward()
+        reference.step(), reference.zero_grad(), schedule.step()
+        torch.testing.assert_close(ours, theirs)
+        assert ours.grad is None
+        if t == 2:  # Adam's first step moves a coordinate by the rate: here 0.1 * 0.9**2
+            assert float(late.detach()) == pytest.approx(3.0 - 0.1 * 0.9**2, abs=1e-6)
+
+
+def test_clipped_adam_clamps_each_gradient_element():
+    from zoo.inference.adam import Adam
+
+    p = torch.tensor([0.0, 0.0], requires_grad=True)
+    p.grad = torch.tensor([100.0, 0.5])
+    optim = Adam(lr=1.0, gamma=1.0, clip=1.0)
+    optim.step([p])
+    # Adam's first step is lr * g / |g| whatever the size; the clamp shows in its second-moment state
+    state = optim._optim.state[p]
+    torch.testing.assert_close(state["exp_avg"], 0.1 * torch.tensor([1.0, 0.5]))

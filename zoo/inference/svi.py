@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -11,7 +13,6 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.util import zero_grads
 
 from .._errors import ZooError
 from .._noise import per_example_noise
@@ -23,15 +24,18 @@ from ._base import (
     on_minibatch,
     register_backend,
 )
-from .elbo_graph import trace_elbo_step
+from .adam import Adam
+from .elbo_graph import ElboStep, trace_elbo_step
 from .loop import NonFinite, run_steps
 from .sites import DATA_PLATE
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
 JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}
+ELBO_STEPS = ("auto", "pyro", "traced", "compiled")
 # tracing the step (elbo_graph.py) costs about 200 of Pyro's steps and then halves each step's ELBO: shorter
 # fits keep Pyro's step
 TRACE_MIN_STEPS = 500
+TIMED_STEPS = 20  # traced steps timed before deciding whether compiling them pays
 
 
 @register_backend
@@ -57,11 +61,17 @@ class SVI:
         Monte Carlo samples per step, vectorised.
     jit : bool
         Compile the ELBO with the PyTorch JIT (faster steps after a slow first one; TorchScript, deprecated).
+    elbo_step : {"auto", "pyro", "traced", "compiled"}
+        How each step runs after the first. ``"pyro"``: Pyro's ``loss_and_grads``. ``"traced"``: the ELBO's
+        loss and gradients traced once into an FX graph of tensor operations (zoo/inference/elbo_graph.py),
+        used where that graph gives Pyro's loss and gradients at the same random numbers. ``"compiled"``:
+        that graph fused by inductor (seconds to compile; about a tenth of the traced step on a small
+        network). ``"auto"``: traced for fits of at least 500 steps, and compiled where the first traced
+        steps' time says compiling pays for itself over the steps left. ``post.info["elbo_step"]`` says
+        which ran. A model whose Python state changes between steps (a counter read inside it) must pass
+        that state as data, or use ``"pyro"``.
 
-    A fit of at least 500 steps runs its step, after the first, as the ELBO's loss and gradients traced
-    once into an FX graph (zoo/inference/elbo_graph.py) where that graph gives Pyro's loss and gradients
-    at the same random numbers; ``post.info["elbo_step"]`` says ``"traced"`` or ``"pyro"``. A model whose
-    Python state changes between steps (a counter read inside it) must pass that state as data.
+    Every step updates all parameters with one fused Adam (adam.py).
     """
 
     name: ClassVar[str] = "svi"
@@ -77,10 +87,16 @@ class SVI:
     elbo: str = "trace"
     num_particles: int = 1
     jit: bool = False
+    elbo_step: str = "auto"
 
     def fit(self, problem) -> FitResult:
         if self.elbo not in ELBOS:
             raise ZooError(f"svi: elbo must be one of {sorted(ELBOS)}, got {self.elbo!r}")
+        if self.elbo_step not in ELBO_STEPS:
+            raise ZooError(f"svi: elbo_step must be one of {list(ELBO_STEPS)}, got {self.elbo_step!r}")
+        if self.jit and self.elbo_step in ("traced", "compiled"):
+            raise ZooError(f"svi: jit=True runs Pyro's step under TorchScript; drop it to get elbo_step="
+                           f"{self.elbo_step!r}")
         if self.optimizer not in ("adam", "clipped_adam"):
             raise ZooError(f"svi: optimizer must be 'adam' or 'clipped_adam', got {self.optimizer!r}")
         check_positive("svi: lr", self.lr, integer=False)
@@ -100,50 +116,48 @@ class SVI:
             elbo = JIT_ELBOS[self.elbo](**elbo_options, ignore_jit_warnings=True)
         else:
             elbo = ELBOS[self.elbo](**elbo_options)
-        optim = self._optimizer(num_steps)
         if minibatch:
             _check_subsampling(model, args, batch_size)
 
-        losses = []
+        losses, notes = [], []
         order = {"perm": torch.randperm(n, device=args[0].device)}
-        last_good = {}  # each parameter as it was before the last update, which had a finite loss
-
-        def restore():
-            with torch.no_grad():
-                for p, value in last_good.items():
-                    p.copy_(value)
-
-        def keep(unconstrained):
-            with torch.no_grad():
-                for p in unconstrained:
-                    if p in last_good:
-                        last_good[p].copy_(p)
-                    else:
-                        last_good[p] = p.detach().clone()
-
-        traced = {}  # after the first step: the parameters, and the step as a graph (or None)
+        optim = self._optimizer(num_steps)
+        last_good = _LastGood()
+        graph = {}  # after the first step: "step", the ELBO as a graph (or None), and "params", its parameters
+        timed = {}  # seconds of the first steps of each mode, which decide whether compiling pays
+        use_graph = self.elbo_step in ("traced", "compiled") or (
+            self.elbo_step == "auto" and not self.jit and num_steps >= TRACE_MIN_STEPS)
 
         def pyro_step(step_args):
-            with poutine.trace(param_only=True) as params, per_example_noise():
+            with poutine.trace(param_only=True) as traced, per_example_noise():
                 try:
                     loss = elbo.loss_and_grads(model, guide_run, *step_args)
                 except ValueError as err:  # a distribution built from NaN parameters
                     if "invalid values" not in str(err):
                         raise
                     loss = math.nan
-            unconstrained = {name: site["value"].unconstrained() for name, site in params.trace.nodes.items()}
-            if not traced and not self.jit and num_steps >= TRACE_MIN_STEPS and math.isfinite(loss):
-                traced["params"] = list(unconstrained.values())
-                traced["graph"] = trace_elbo_step(elbo, model, guide_run, list(unconstrained), step_args,
-                                                  owners=(problem.model, guide))
-            return loss, set(unconstrained.values())
+            params = [site["value"].unconstrained() for site in traced.trace.nodes.values()]
+            if use_graph and "step" not in graph and math.isfinite(loss):
+                graph["params"] = params
+                graph["step"] = self._graph_step(elbo, model, guide_run, traced.trace, step_args,
+                                                 (problem.model, guide), notes)
+            # one sum is non-finite when any gradient is (one sync, not one per parameter)
+            grad_sum = sum(p.grad.sum() for p in params if p.grad is not None)
+            return loss, math.isfinite(loss) and math.isfinite(float(grad_sum)), params
 
-        def graph_step(step_args):
-            params = traced["params"]
-            loss, grads = traced["graph"](params, *step_args)
+        def graph_step(t, step_args):
+            step, params = graph["step"], graph["params"]
+            start = time.perf_counter()
+            loss, finite, grads = step(params, step_args)
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
-            return float(loss), params
+            loss, finite = float(loss), bool(finite)
+            times = timed.setdefault(step.mode, [])
+            if self.elbo_step == "auto" and len(times) < TIMED_STEPS:
+                times.append(time.perf_counter() - start)
+                if len(times) == TIMED_STEPS:
+                    graph["step"] = self._choose(step, graph, timed, params, step_args, num_steps - t)
+            return loss, finite, params
 
         def step(t):
             step_args = args
@@ -152,29 +166,26 @@ class SVI:
                 if start + batch_size > n:
                     order["perm"], start = torch.randperm(n, device=args[0].device), 0
                 step_args = (*args, order["perm"][start:start + batch_size])
-            loss, unconstrained = (graph_step if traced.get("graph") else pyro_step)(step_args)
-            # one sum is non-finite when any gradient is (one sync, not one per parameter)
-            grad_sum = sum(p.grad.sum() for p in unconstrained if p.grad is not None)
-            if not math.isfinite(loss) or not math.isfinite(float(grad_sum)):
-                zero_grads(unconstrained)
-                restore()  # this step's parameters may already be wild (finite, but the next loss is not)
+            loss, finite, params = graph_step(t, step_args) if graph.get("step") else pyro_step(step_args)
+            if not finite:
+                for p in params:
+                    p.grad = None
+                last_good.restore()  # this step's parameters may already be wild (finite, but the next loss is not)
                 what = f"the loss became {loss}" if not math.isfinite(loss) else "the gradient became non-finite"
                 raise NonFinite(what)
-            keep(unconstrained)
-            optim(unconstrained)
-            zero_grads(unconstrained)
-            if isinstance(optim, pyro.optim.PyroLRScheduler):
-                optim.step()
+            last_good.keep(params)
+            optim.step(params)
             return loss / n
 
         status = run_steps(num_steps, step, "svi", problem.progress, losses=losses,
                            hint="lower lr, standardise the data, or use optimizer='clipped_adam'")
+        status.warnings += notes
         samples, log_q = draw_from_guide(guide, args, sites, problem.num_samples)
         params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
         return FitResult({k: v.unsqueeze(0) for k, v in samples.items()}, status=status, loss=losses,
                          params=params, log_q=log_q,
                          info={"num_steps": num_steps, "batch_size": batch_size,
-                               "elbo_step": "traced" if traced.get("graph") else "pyro"})
+                               "elbo_step": graph["step"].mode if graph.get("step") else "pyro"})
 
     def _num_steps(self, n, batch_size):
         if self.num_steps is not None and self.num_epochs is not None:
@@ -187,11 +198,49 @@ class SVI:
         return steps
 
     def _optimizer(self, num_steps):
-        gamma = lr_gamma(self.lr_decay, num_steps)
-        if self.optimizer == "clipped_adam":
-            return pyro.optim.ClippedAdam({"lr": self.lr, "lrd": gamma, "clip_norm": self.clip_norm})
-        return pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": self.lr},
-                                         "gamma": gamma})
+        return Adam(self.lr, lr_gamma(self.lr_decay, num_steps),
+                    clip=self.clip_norm if self.optimizer == "clipped_adam" else None)
+
+    @staticmethod
+    def _choose(step: ElboStep, graph: dict, timed: dict, params, step_args, steps_left: int) -> ElboStep:
+        """After the first traced steps: compile if the time they took says it pays; after the first
+        compiled steps: go back to the traced graph if they were no faster (convolutions can be)."""
+        median = {mode: statistics.median(times) for mode, times in timed.items()}
+        if step.mode == "traced":
+            graph["traced"] = step
+            return (step.worth_compiling(median["traced"], steps_left) and step.compiled(params, step_args)) or step
+        return graph["traced"] if median["compiled"] >= median["traced"] else step
+
+    def _graph_step(self, elbo, model, guide, param_trace, step_args, owners, notes) -> ElboStep | None:
+        """The step as a graph (compiled if asked), or None (with a note if a graph was asked for)."""
+        step = trace_elbo_step(elbo, model, guide, list(param_trace.nodes), step_args, owners=owners)
+        if step is not None and self.elbo_step == "compiled":
+            params = [site["value"].unconstrained() for site in param_trace.nodes.values()]
+            step = step.compiled(params, step_args) or step
+        if self.elbo_step in ("traced", "compiled") and (step is None or step.mode != self.elbo_step):
+            notes.append(f"svi: elbo_step={self.elbo_step!r} was asked for, but the ELBO could not be "
+                         f"{'traced' if step is None else 'compiled'} faithfully; ran "
+                         f"{'Pyro' if step is None else 'the traced graph'} instead")
+        return step
+
+
+class _LastGood:
+    """The parameters as they were before the last update, which had a finite loss."""
+
+    def __init__(self):
+        self.params, self.copies = [], []
+
+    def keep(self, params: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            if len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params, strict=True)):
+                torch._foreach_copy_(self.copies, params)
+            else:
+                self.params, self.copies = list(params), [p.detach().clone() for p in params]
+
+    def restore(self) -> None:
+        if self.params:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, self.copies)
 
 
 def _check_subsampling(model, args, batch_size):

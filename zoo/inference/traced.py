@@ -16,7 +16,8 @@ import signal
 import threading
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pyro
 import torch
@@ -54,18 +55,26 @@ def value_and_grad_fn(log_density: Callable, example: torch.Tensor, mode: str) -
 def compile_checked(fn: Callable, example: tuple, compared: Callable = lambda out: out) -> Callable | None:
     """``fn`` through ``torch.compile`` (shapes fixed), if it compiles here and gives ``fn``'s ``compared``
     outputs on ``example``; else None."""
+    try:
+        with keeps_ctrl_c():
+            compiled = torch.compile(_own_code(fn), dynamic=False)
+            want, got = compared(fn(*example)), compared(compiled(*example))
+    except Exception:  # no C++ compiler, an operation inductor does not lower: the caller stays uncompiled
+        return None
+    want, got = torch.utils._pytree.tree_leaves(want), torch.utils._pytree.tree_leaves(got)
+    return compiled if len(want) == len(got) and all(map(close, want, got)) else None
+
+
+@contextmanager
+def keeps_ctrl_c() -> Iterator[None]:
+    """Inductor's compile workers leave Ctrl-C ignored in this process: the fit's loop needs it back."""
     main = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGINT) if main else None
     try:
-        compiled = torch.compile(_own_code(fn), dynamic=False)
-        want, got = compared(fn(*example)), compared(compiled(*example))
-    except Exception:  # no C++ compiler, an operation inductor does not lower: the caller stays uncompiled
-        return None
-    finally:  # inductor's compile workers leave Ctrl-C ignored in this process: the fit's loop needs it
-        if main and handler is not None:
+        yield
+    finally:
+        if handler is not None:
             signal.signal(signal.SIGINT, handler)
-    want, got = torch.utils._pytree.tree_leaves(want), torch.utils._pytree.tree_leaves(got)
-    return compiled if len(want) == len(got) and all(map(_close, want, got)) else None
 
 
 def _own_code(fn: Callable) -> Callable:
@@ -75,7 +84,7 @@ def _own_code(fn: Callable) -> Callable:
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype == torch.bool:
         return torch.equal(a, b)
     finite = torch.isfinite(a)
@@ -92,6 +101,6 @@ def _agrees(eager: Callable, traced: Callable, example: torch.Tensor) -> bool:
             want, got = eager(theta), traced(theta)
         except Exception:
             return False
-        if not all(map(_close, want, got)):
+        if not all(map(close, want, got)):
             return False
     return True
