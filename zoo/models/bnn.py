@@ -143,9 +143,12 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
     zm = MLPModel(
         net, in_features, out_features, guides={"mc-dropout": dropout_guide}, config=config, init_loc_fn=_init_loc,
         # networks: a PSD curvature, a diagonal (the full NN predictive underfits), and the prior
-        # scale moved to the evidence's choice before the final MAP
+        # scale moved to the evidence's choice before the final MAP; NUTS with the compiled leaf, trees of at
+        # most 128 steps (a network's chains hit any depth: the weights' modes are not crossed by deeper trees)
         defaults=Defaults(fit={"laplace": {"curvature": "fisher", "hessian": "diag", "prior_rounds": 3,
-                                           "num_steps": 1500, "optimizer": "adam"}}),
+                                           "num_steps": 1500, "optimizer": "adam"},
+                               "nuts": {"max_tree_depth": 7, "density": "compiled"},
+                               "chees": {"density": "compiled"}}),
         display=Display(summary_sites=["precision"] if learns_noise else []),
         vectorized=True,
     )
