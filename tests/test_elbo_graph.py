@@ -126,3 +126,29 @@ def test_jit_and_a_traced_step_are_refused_together(data):
         zoo.fit(regression, data, "svi", num_steps=10, jit=True, elbo_step="compiled", progress=False)
     with pytest.raises(zoo.ZooError, match="elbo_step must be one of"):
         zoo.fit(regression, data, "svi", num_steps=10, elbo_step="fast", progress=False)
+
+
+def test_pyro_tutorials_module_with_priors_built_at_init_is_traced(data):
+    """Pyro's Bayesian-regression tutorial model: its PyroSample priors are made in __init__, with validation
+    on, so they check each value's support (a read a trace cannot follow) unless tracing turns that off."""
+    from pyro.nn import PyroModule, PyroSample
+
+    class BayesianRegression(PyroModule):
+        def __init__(self, in_features):
+            super().__init__()
+            self.linear = PyroModule[torch.nn.Linear](in_features, 1)
+            self.linear.weight = PyroSample(dist.Normal(0.0, 1.0).expand([1, in_features]).to_event(2))
+            self.linear.bias = PyroSample(dist.Normal(0.0, 10.0).expand([1]).to_event(1))
+
+        def forward(self, x, y=None):
+            sigma = pyro.sample("sigma", dist.Uniform(0.0, 10.0))
+            mean = self.linear(x).squeeze(-1)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("obs", dist.Normal(mean, sigma), obs=y)
+            return mean
+
+    model = BayesianRegression(data[0].shape[1])
+    svi = zoo.fit(zoo.ZooModel(model, AutoNormal(model)), data, "svi", num_steps=50, elbo_step="traced", seed=0,
+                  progress=False)
+    nuts = zoo.fit(model, data, "nuts", num_chains=2, num_warmup=5, num_samples=5, seed=0, progress=False)
+    assert (svi.info["elbo_step"], nuts.info["density"]) == ("traced", "traced")

@@ -18,6 +18,7 @@ import types
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from unittest import mock
 
 import pyro
 import torch
@@ -42,7 +43,7 @@ def value_and_grad_fn(log_density: Callable, example: torch.Tensor, mode: str) -
     from torch.fx.experimental.proxy_tensor import make_fx
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), no_sample_checks():
             warnings.simplefilter("ignore")
             graph = make_fx(eager)(example.detach().clone())
     except Exception:  # anything the tracer cannot follow (data-dependent shapes, .item()): stay eager
@@ -63,6 +64,15 @@ def compile_checked(fn: Callable, example: tuple, compared: Callable = lambda ou
         return None
     want, got = torch.utils._pytree.tree_leaves(want), torch.utils._pytree.tree_leaves(got)
     return compiled if len(want) == len(got) and all(map(close, want, got)) else None
+
+
+@contextmanager
+def no_sample_checks() -> Iterator[None]:
+    """A distribution made while validation was on (a ``PyroSample`` prior built in a module's ``__init__``)
+    checks every value's support, which reads the value: a trace cannot. The checks are off while tracing;
+    the trace is then checked against the model run eagerly."""
+    with mock.patch.object(torch.distributions.Distribution, "_validate_sample", lambda self, value: None):
+        yield
 
 
 @contextmanager
