@@ -100,8 +100,8 @@ class _ChEESRun(ChainRun):
         self.config, self.leapfrog_step = config, leapfrog_step
         self.step_size = self._shared(self.step_size)
         self.adapt = DualAveraging(config.target_accept, self.step_size[:1].log())
-        self.length = float(self.step_size[0])  # T, starting at one step
-        self.log_length_avg = math.log(self.length)
+        self.length = float(self.step_size[0])  # T, starting at one step: Adam's iterate during warmup
+        self.log_length_avg = math.log(self.length)  # its running average: T after warmup
         self.adam_v, self.updates = 0.0, 0
         self.num_steps = 1
 
@@ -140,12 +140,14 @@ class _ChEESRun(ChainRun):
             self.adapt.restart(self.step_size[:1])
         if t + 1 == c.num_warmup:
             self.step_size = self._shared(self.adapt.final_step_size)
+            self.length = math.exp(self.log_length_avg)
         step = float(self.step_size[0])
         self.length = min(max(self.length, step), c.max_leapfrog_steps * step)
 
     def _adapt_length(self, h: float, x: torch.Tensor, proposal: Point, accept_prob: torch.Tensor,
                       diverging: torch.Tensor) -> None:
-        """One Adam step of log T up the ChEES gradient, through the smoothed iterate (as BlackJAX and TFP)."""
+        """One Adam step of log T up the ChEES gradient; the iterate runs the warmup's trajectories, its
+        running average (weight t^-1/2, as BlackJAX and TFP) is the T kept after."""
         weight = torch.where(diverging | ~torch.isfinite(proposal.z).all(-1), 0.0, accept_prob)
         if float(weight.sum()) <= 0:
             return
@@ -161,9 +163,9 @@ class _ChEESRun(ChainRun):
         v_hat = self.adam_v / (1 - ADAM_BETA2**self.updates)
         update = self.config.learning_rate * grad / (math.sqrt(v_hat) + 1e-8)
         update = max(-LOG_UPDATE_CLIP, min(LOG_UPDATE_CLIP, update))
+        self.length = math.exp(math.log(self.length) + update)
         average = self.updates ** -0.5
-        self.log_length_avg = (1 - average) * self.log_length_avg + average * (math.log(self.length) + update)
-        self.length = math.exp(self.log_length_avg)
+        self.log_length_avg = (1 - average) * self.log_length_avg + average * math.log(self.length)
 
     def postfix(self) -> dict:
         return {"step": f"{float(self.step_size[0]):.3g}", "steps": self.num_steps}
