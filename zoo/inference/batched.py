@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -99,18 +100,20 @@ def identity_metric(point: Point, dense: bool) -> Metric:
     return Metric(eye.expand(chains, dim, dim) if dense else torch.ones_like(point.z))
 
 
-class ChainRun:
+class ChainRun(ABC):
     """The state of a batched run between iterations: each chain's point, the metric and its windowed
     estimate (Stan's schedule), the draws and per-draw stats kept after warmup. Subclasses make the move."""
 
     name: str
     stat_names: tuple[str, ...]
 
+    @abstractmethod
     def step(self, t: int) -> None:
-        raise NotImplementedError
+        """Iteration t of every chain: move, adapt during warmup, keep the draw after."""
 
+    @abstractmethod
     def postfix(self) -> dict:
-        raise NotImplementedError
+        """What the progress bar shows of the run's state."""
 
     def __init__(self, chains: Chains, num_warmup: int, num_samples: int, dense_mass: bool, pooled_mass: bool):
         self.chains, self.point, self.random, self.density = chains, chains.point, chains.random, chains.density

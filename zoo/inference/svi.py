@@ -123,7 +123,7 @@ class SVI:
         order = {"perm": torch.randperm(n, device=args[0].device)}
         optim = self._optimizer(num_steps)
         last_good = _LastGood()
-        graph = {}  # after the first step: "step", the ELBO as a graph (or None), and "params", its parameters
+        graph = {}  # after the first step: "params"; "traced", the ELBO as a graph (or None); "step", the one run
         timed = {}  # seconds of the first steps of each mode, which decide whether compiling pays
         use_graph = self.elbo_step in ("traced", "compiled") or (
             self.elbo_step == "auto" and not self.jit and num_steps >= TRACE_MIN_STEPS)
@@ -139,8 +139,9 @@ class SVI:
             params = [site["value"].unconstrained() for site in traced.trace.nodes.values()]
             if use_graph and "step" not in graph and math.isfinite(loss):
                 graph["params"] = params
-                graph["step"] = self._graph_step(elbo, model, guide_run, traced.trace, step_args,
-                                                 (problem.model, guide), notes)
+                graph["traced"] = trace_elbo_step(elbo, model, guide_run, list(traced.trace.nodes), step_args,
+                                                  owners=(problem.model, guide))
+                graph["step"] = self._asked_for(graph["traced"], params, step_args, notes)
             # one sum is non-finite when any gradient is (one sync, not one per parameter)
             grad_sum = sum(p.grad.sum() for p in params if p.grad is not None)
             return loss, math.isfinite(loss) and math.isfinite(float(grad_sum)), params
@@ -156,7 +157,7 @@ class SVI:
             if self.elbo_step == "auto" and len(times) < TIMED_STEPS:
                 times.append(time.perf_counter() - start)
                 if len(times) == TIMED_STEPS:
-                    graph["step"] = self._choose(step, graph, timed, params, step_args, num_steps - t)
+                    graph["step"] = _choose(step, graph["traced"], timed, params, step_args, num_steps - t)
             return loss, finite, params
 
         def step(t):
@@ -201,27 +202,24 @@ class SVI:
         return Adam(self.lr, lr_gamma(self.lr_decay, num_steps),
                     clip=self.clip_norm if self.optimizer == "clipped_adam" else None)
 
-    @staticmethod
-    def _choose(step: ElboStep, graph: dict, timed: dict, params, step_args, steps_left: int) -> ElboStep:
-        """After the first traced steps: compile if the time they took says it pays; after the first
-        compiled steps: go back to the traced graph if they were no faster (convolutions can be)."""
-        median = {mode: statistics.median(times) for mode, times in timed.items()}
-        if step.mode == "traced":
-            graph["traced"] = step
-            return (step.worth_compiling(median["traced"], steps_left) and step.compiled(params, step_args)) or step
-        return graph["traced"] if median["compiled"] >= median["traced"] else step
-
-    def _graph_step(self, elbo, model, guide, param_trace, step_args, owners, notes) -> ElboStep | None:
-        """The step as a graph (compiled if asked), or None (with a note if a graph was asked for)."""
-        step = trace_elbo_step(elbo, model, guide, list(param_trace.nodes), step_args, owners=owners)
+    def _asked_for(self, step: ElboStep | None, params, step_args, notes) -> ElboStep | None:
+        """The traced step, compiled if asked, or None; a note where the step asked for could not be had."""
         if step is not None and self.elbo_step == "compiled":
-            params = [site["value"].unconstrained() for site in param_trace.nodes.values()]
             step = step.compiled(params, step_args) or step
         if self.elbo_step in ("traced", "compiled") and (step is None or step.mode != self.elbo_step):
             notes.append(f"svi: elbo_step={self.elbo_step!r} was asked for, but the ELBO could not be "
                          f"{'traced' if step is None else 'compiled'} faithfully; ran "
                          f"{'Pyro' if step is None else 'the traced graph'} instead")
         return step
+
+
+def _choose(step: ElboStep, traced: ElboStep, timed: dict, params, step_args, steps_left: int) -> ElboStep:
+    """After the first traced steps: compile if the time they took says it pays; after the first compiled
+    steps: go back to the traced graph if they were no faster (convolutions can be)."""
+    median = {mode: statistics.median(times) for mode, times in timed.items()}
+    if step.mode == "traced":
+        return (traced.worth_compiling(median["traced"], steps_left) and traced.compiled(params, step_args)) or traced
+    return traced if median["compiled"] >= median["traced"] else step
 
 
 class _LastGood:
