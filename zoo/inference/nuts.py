@@ -6,13 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
 from .batched import ChainRun, Chains, check_chain_options, identity_metric, start_chains
-from .trajectory import SLOTS, Point, empty_subtree, grow, nuts_transition, slot_masks, subtree_slots
+from .trajectory import SLOTS, example_leaves, grow_leaves, nuts_transition, run_lengths, subtree_slots
 
 
 @register_backend
@@ -72,19 +70,22 @@ class NUTS:
         return run.run(problem, {"density": mode})
 
     def _leaf_step(self, chains: Chains):
-        """One leaf of the trajectory for all chains, and how the density runs in it: with
-        ``density="compiled"`` the leapfrog step, the tree's bookkeeping and the traced density as one
-        compiled graph."""
+        """A run of leaves of the trajectory for all chains, and how the density runs in it: with
+        ``density="compiled"`` the leapfrog steps, the tree's bookkeeping and the traced density as one
+        compiled graph for each length of run a tree of ``max_tree_depth`` needs."""
         if self.density != "compiled":
-            return chains.bind(grow)
+            return chains.bind(grow_leaves)
         slots, point = subtree_slots(self.max_tree_depth), chains.point
-        start = Point(point.z, torch.ones_like(point.z), point.logp, point.grad)
-        energy0 = -point.logp + 0.5 * point.z.shape[1]
-        example = (empty_subtree(start, slots), torch.full_like(point.logp, 1e-3),
-                   identity_metric(point, self.dense_mass).inverse_mass, energy0, torch.zeros_like(point.logp),
-                   *slot_masks(0, slots, point.z.device))
-        # the new point is checked; the energy error, a difference of large numbers, differs by rounding
-        return chains.bind(grow, example, lambda tree: tree.last)
+        inverse_mass = identity_metric(point, self.dense_mass).inverse_mass
+        runs = {}
+        for leaves in run_lengths(self.max_tree_depth):
+            # the new point is checked; the energy error, a difference of large numbers, differs by rounding
+            runs[leaves], mode = chains.bind(grow_leaves, example_leaves(point, inverse_mass, leaves, slots),
+                                             lambda tree: tree.last)
+            if mode != "compiled":
+                return runs[leaves], mode
+        return lambda tree, step, inverse_mass, energy0, log_u, *masks: runs[log_u.shape[0]](
+            tree, step, inverse_mass, energy0, log_u, *masks), mode
 
 
 class _NUTSRun(ChainRun):

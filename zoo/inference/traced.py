@@ -3,7 +3,7 @@
 Running a Pyro model costs its messenger stack, distribution objects and the autograd tape on every call:
 most of a sampler's time on a small model. ``make_fx`` (the tracer behind torch.func and torch.compile, not
 the deprecated TorchScript) records the aten operations one call performs, forward and backward, as an FX
-graph that replays without any of that; ``torch.compile`` can then fuse the graph into a few kernels.
+graph that replays without any of that; inductor can then fuse the graph into a few kernels.
 
 A trace freezes the control flow of the call it saw, so it is only used after it agrees with the model
 run eagerly at fresh points; a model that branches on its latents' values, or cannot be traced, keeps the
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import types
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,16 +53,65 @@ def value_and_grad_fn(log_density: Callable, example: torch.Tensor, mode: str) -
 
 
 def compile_checked(fn: Callable, example: tuple, compared: Callable = lambda out: out) -> Callable | None:
-    """``fn`` through ``torch.compile`` (shapes fixed), if it compiles here and gives ``fn``'s ``compared``
-    outputs on ``example``; else None."""
+    """``fn`` fused by inductor for inputs shaped as ``example``'s, if it compiles here and gives ``fn``'s
+    ``compared`` outputs on ``example``; else None."""
     try:
-        with keeps_ctrl_c():
-            compiled = torch.compile(_own_code(fn), dynamic=False)
+        with keeps_ctrl_c(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled = fused(fn, example)
             want, got = compared(fn(*example)), compared(compiled(*example))
     except Exception:  # no C++ compiler, an operation inductor does not lower: the caller stays uncompiled
         return None
     want, got = torch.utils._pytree.tree_leaves(want), torch.utils._pytree.tree_leaves(got)
     return compiled if len(want) == len(got) and all(map(close, want, got)) else None
+
+
+def fused(fn: Callable, example: tuple) -> Callable:
+    """``fn`` (tensors in, (named) tuples of tensors out) as one inductor-compiled graph of the aten operations
+    it runs on ``example``. Traced by ``make_fx`` rather than dynamo: no Python frames to trace and no guards
+    checked on every call, which cost a small graph more than its kernels."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    flatten_in, unflatten_in = _tuples(example)
+    leaves, out_tree = [], []
+    flatten_in(example, leaves)
+
+    def flat(*inputs):
+        out = fn(*unflatten_in(iter(inputs)))
+        out_tree.append(_tuples(out))
+        flat_out = []
+        out_tree[0][0](out, flat_out)
+        return flat_out
+
+    graph = make_fx(flat)(*leaves)
+    fake = FakeTensorMode(shape_env=ShapeEnv())  # with a shape env, inductor's graph cache can serve it
+    run = torch._inductor.compile(graph, [fake.from_tensor(t, static_shapes=True) for t in leaves])
+    unflatten_out = out_tree[0][1]
+
+    def call(*args):
+        inputs = []
+        flatten_in(args, inputs)
+        return unflatten_out(iter(run(*inputs)))
+
+    return call
+
+
+def _tuples(example) -> tuple[Callable, Callable]:
+    """``flatten(x, out)`` and ``unflatten(iterator)`` for (named) tuples of tensors laid out as ``example``:
+    a few list appends per call, where torch's general pytree costs a small compiled graph as much as its
+    kernels."""
+    if isinstance(example, torch.Tensor):
+        return (lambda x, out: out.append(x)), next
+    parts = [_tuples(e) for e in example]
+    make = getattr(type(example), "_make", tuple)
+
+    def flatten(x, out):
+        for (flatten_part, _), e in zip(parts, x, strict=True):
+            flatten_part(e, out)
+
+    return flatten, lambda it: make([unflatten_part(it) for _, unflatten_part in parts])
 
 
 @contextmanager
@@ -85,13 +133,6 @@ def keeps_ctrl_c() -> Iterator[None]:
     finally:
         if handler is not None:
             signal.signal(signal.SIGINT, handler)
-
-
-def _own_code(fn: Callable) -> Callable:
-    """``fn`` with a code object of its own. torch.compile keeps its graphs and its recompile budget (8) per
-    code object: a closure made afresh for each fit shares its code with every earlier fit's, and the
-    ninth fit in a process would silently run uncompiled."""
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:

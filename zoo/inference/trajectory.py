@@ -23,6 +23,7 @@ from ._random import ChainRandom
 
 MAX_ENERGY_ERROR = 1000.0
 SLOTS = 64  # random-counter slots per transition: the momentum, then one per doubling
+LEAVES_PER_CALL = 2  # leapfrog steps per call of the compiled leaf step: they share its fixed cost
 
 
 class Point(NamedTuple):
@@ -95,14 +96,17 @@ def _checkpoints(leaf: int) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=4096)
-def slot_masks(leaf: int, slots: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which checkpoint slot ``leaf`` stores (even leaves) and which it checks against (odd leaves), as
-    (slots,) masks: tensors rather than Python branches, so that one compiled leaf serves every leaf."""
-    low, high = _checkpoints(leaf)
+def slot_masks(first: int, leaves: int, slots: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which checkpoint slot each of the leaves ``first .. first + leaves - 1`` stores (even leaves) and
+    which it checks against (odd leaves), as (leaves, slots) masks: tensors rather than Python branches,
+    so that one compiled run of leaves serves every run of that length."""
     index = torch.arange(slots, device=device)
-    if leaf % 2 == 0:
-        return index == high, torch.zeros(slots, dtype=torch.bool, device=device)
-    return torch.zeros(slots, dtype=torch.bool, device=device), (index >= low) & (index <= high)
+    store, check = [], []
+    for leaf in range(first, first + leaves):
+        low, high = _checkpoints(leaf)
+        store.append(index == high if leaf % 2 == 0 else torch.zeros_like(index, dtype=torch.bool))
+        check.append((index >= low) & (index <= high) if leaf % 2 else torch.zeros_like(index, dtype=torch.bool))
+    return torch.stack(store), torch.stack(check)
 
 
 class Subtree(NamedTuple):
@@ -153,12 +157,40 @@ def grow(tree: Subtree, step: torch.Tensor, inverse_mass: torch.Tensor, energy0:
                        alive, torch.exp(-error).clamp(max=1.0), 0.0), alive & ~invalid, saved_r, saved_v, saved_sum)
 
 
+def grow_leaves(tree: Subtree, step: torch.Tensor, inverse_mass: torch.Tensor, energy0: torch.Tensor,
+                log_u: torch.Tensor, store: torch.Tensor, check: torch.Tensor, density: Density) -> Subtree:
+    """``len(log_u)`` more leaves (a row of ``log_u``, ``store`` and ``check`` each) in one call: compiled,
+    one launch runs several leapfrog steps, and the call's fixed cost is shared by them."""
+    for leaf in range(log_u.shape[0]):
+        tree = grow(tree, step, inverse_mass, energy0, log_u[leaf], store[leaf], check[leaf], density)
+    return tree
+
+
+def leaves_per_call(num_leaves: int) -> int:
+    """How many leaves one call of the leaf step grows: all of a small subtree, else LEAVES_PER_CALL."""
+    return min(num_leaves, LEAVES_PER_CALL)
+
+
+def run_lengths(max_tree_depth: int) -> list[int]:
+    """The lengths of run (leaves per call) that trees up to ``max_tree_depth`` ask the leaf step for."""
+    return sorted({leaves_per_call(2**depth) for depth in range(max_tree_depth)})
+
+
+def example_leaves(point: Point, inverse_mass: torch.Tensor, leaves: int, slots: int) -> tuple:
+    """Arguments of the leaf step for a run of ``leaves`` from ``point``, laid out as every later run's: what
+    a compiled run is traced at."""
+    start = Point(point.z, torch.ones_like(point.z), point.logp, point.grad)
+    log_u = point.logp.new_zeros(leaves, *point.logp.shape)
+    return (empty_subtree(start, slots), torch.full_like(point.logp, 1e-3), inverse_mass,
+            -point.logp + 0.5 * point.z.shape[1], log_u, *slot_masks(0, leaves, slots, point.z.device))
+
+
 def subtree_slots(max_tree_depth: int) -> int:
     """Checkpoint slots for the largest subtree, 2^(max_tree_depth - 1) leaves: one compiled leaf for all."""
     return max(max_tree_depth - 1, 1)
 
 
-Grow = Callable[..., Subtree]  # grow() with the density bound: eager, or compiled with it as one graph
+Grow = Callable[..., Subtree]  # grow_leaves() with the density bound: eager, or compiled with it as one graph
 
 
 def build_subtree(edge: Point, step: torch.Tensor, num_leaves: int, energy0: torch.Tensor, uniforms: torch.Tensor,
@@ -166,9 +198,10 @@ def build_subtree(edge: Point, step: torch.Tensor, num_leaves: int, energy0: tor
     """``num_leaves`` leapfrog steps from ``edge``; a chain stops extending once its subtree is invalid."""
     tree = empty_subtree(edge, slots)
     log_u = uniforms.log().T.clone(memory_format=torch.contiguous_format)  # rows, every one laid out alike
-    for leaf in range(num_leaves):
-        store, check = slot_masks(leaf, slots, edge.z.device)
-        tree = grow_leaf(tree, step, inverse_mass, energy0, log_u[leaf], store, check)
+    run = leaves_per_call(num_leaves)
+    for first in range(0, num_leaves, run):
+        store, check = slot_masks(first, run, slots, edge.z.device)
+        tree = grow_leaf(tree, step, inverse_mass, energy0, log_u[first:first + run], store, check)
     return tree
 
 
