@@ -9,8 +9,8 @@ import torch
 import zoo
 from zoo.inference._random import ChainRandom
 from zoo.inference.adaptation import MassEstimate, warmup_windows
-from zoo.inference.chees import halton
-from zoo.inference.trajectory import _checkpoints
+from zoo.inference.chees import _ChEESRun, halton
+from zoo.inference.trajectory import Point, _checkpoints
 
 
 def test_warmup_windows_are_stans():
@@ -41,6 +41,24 @@ def test_chain_numbers_do_not_depend_on_the_batch():
     assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
     n = many.normal(12, 5000)
     assert abs(float(n.mean())) < 0.02 and abs(float(n.std()) - 1) < 0.02
+
+
+def test_chees_restarts_stuck_chains_from_the_others():
+    run = _ChEESRun.__new__(_ChEESRun)  # only the restart's state
+    z = torch.arange(12.0).reshape(6, 2)
+    logp = z.sum(1)
+    logp[2] = -1000.0  # it moves, but in a mode of negligible mass
+    before = Point(z, -z, logp, 2 * z)
+    run.point, run.random, run.restarted = before, ChainRandom(0, 6), 0
+    run.accepted = torch.tensor([3, 0, 1, 0, 0, 7])  # chains 1, 3 and 4 accepted nothing
+    run._restart_stuck(10)
+    kept = [0, 5]
+    assert torch.equal(run.point.z[kept], z[kept]) and run.restarted == 4
+    for c in (1, 2, 3, 4):  # a whole point of a kept chain: position, momentum, log density, gradient
+        donor = int(run.point.z[c, 0]) // 2
+        assert donor in kept
+        assert all(torch.equal(a[c], b[donor]) for a, b in zip(run.point, before, strict=True))
+    assert int(run.accepted.sum()) == 0  # counting starts again
 
 
 def test_pooled_mass_is_the_variance_of_all_chains_draws():

@@ -5,8 +5,10 @@ wastes nothing waiting on its slowest member.
 The step size, shared by all chains, follows dual averaging of the harmonic-mean acceptance probability
 towards 0.651 (Beskos et al. 2013); the trajectory length T follows Adam (no momentum) up the gradient of
 the ChEES criterion, E[(|x' - E x'|^2 - |x - E x|^2)^2] / 4, estimated across the chains and weighted by
-their acceptance probabilities. Each iteration runs ceil(h T / step) steps with h from a Halton sequence;
-the diagonal or dense metric comes from Stan's windows over all chains' warmup draws.
+their acceptance probabilities, each gradient clipped to 3 times Adam's running scale. Each iteration runs
+ceil(h T / step) steps with h from a Halton sequence; the diagonal or dense metric comes from Stan's windows
+over all chains' warmup draws. A chain that accepts nothing in a warmup window (the shared step size is too
+large where it started), or sits in a mode of negligible mass, restarts from another chain's point.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from .adaptation import DualAveraging
 from .batched import ChainRun, Chains, check_chain_options, identity_metric, start_chains
 from .trajectory import MAX_ENERGY_ERROR, SLOTS, Point, leapfrog, velocity
 
-LOG_UPDATE_CLIP = 0.35  # at most a factor of about 1.4 on T per iteration
 ADAM_BETA2 = 0.95
+GRAD_CLIP = 3.0  # a gradient at most this many times Adam's running scale
+LOG_DENSITY_GAP = 10.0  # nats below the chains' median, beyond the typical set's spread, that restart a chain
 
 
 def halton(index: int, base: int = 2) -> float:
@@ -88,6 +91,7 @@ class ChEES:
         run = _ChEESRun(self, chains, problem.num_samples, step)
         result = run.run(problem, {"density": mode})
         result.info["trajectory_length"] = run.length
+        result.info["chains_restarted"] = run.restarted  # in warmup, stuck: from other chains' points
         return result
 
 
@@ -104,6 +108,10 @@ class _ChEESRun(ChainRun):
         self.log_length_avg = math.log(self.length)  # its running average: T after warmup
         self.adam_v, self.updates = 0.0, 0
         self.num_steps = 1
+        # stuck chains are checked where the first window opens and wherever one closes
+        self.checks = {self.windows[0][0]} | {end for _, end in self.windows} if self.windows else set()
+        self.accepted = torch.zeros_like(self.point.logp, dtype=torch.long)
+        self.restarted = 0
 
     def _shared(self, step: torch.Tensor) -> torch.Tensor:
         """One step size for all chains (the geometric mean of the values given), as a (C,) tensor."""
@@ -131,6 +139,9 @@ class _ChEESRun(ChainRun):
                            acceptance_rate=accept_prob, lp=self.point.logp))
             return
         self._adapt_length(h, start.z, point, accept_prob, diverging)
+        self.accepted += accepted
+        if t + 1 in self.checks:
+            self._restart_stuck(t)
         kept = ~diverging
         harmonic = kept.sum() / (1.0 / accept_prob.clamp(min=1e-10))[kept].sum() if bool(kept.any()) else 0.0
         self.adapt.update(torch.as_tensor(harmonic, dtype=error.dtype).reshape(1))
@@ -158,14 +169,34 @@ class _ChEESRun(ChainRun):
         v = velocity(self.metric.inverse_mass, proposal.r)
         per_chain = h * self.length * change * (centred_new * v).sum(-1)  # d ChEES / d log T
         grad = float((weight * torch.nan_to_num(per_chain)).sum() / weight.sum())
+        if self.updates:  # an outlying chain's gradient would hold Adam's scale up for dozens of iterations
+            bound = GRAD_CLIP * math.sqrt(self.adam_v / (1 - ADAM_BETA2**self.updates))
+            grad = max(-bound, min(bound, grad))
         self.updates += 1
         self.adam_v = ADAM_BETA2 * self.adam_v + (1 - ADAM_BETA2) * grad**2
         v_hat = self.adam_v / (1 - ADAM_BETA2**self.updates)
         update = self.config.learning_rate * grad / (math.sqrt(v_hat) + 1e-8)
-        update = max(-LOG_UPDATE_CLIP, min(LOG_UPDATE_CLIP, update))
         self.length = math.exp(math.log(self.length) + update)
         average = self.updates ** -0.5
         self.log_length_avg = (1 - average) * self.log_length_avg + average * math.log(self.length)
+
+    def _restart_stuck(self, t: int) -> None:
+        """Chains that accepted nothing since the last check (the shared step size is too large where they
+        are: they diverge every time), or whose log density lies far below the chains' median (a local mode
+        of negligible mass, such as a mixture component collapsed onto one point, which would hold the
+        shared step size down), restart from the points of chains picked at random among the others: all
+        chains are alike during warmup, and its draws are discarded."""
+        logp = torch.nan_to_num(self.point.logp, nan=-torch.inf)
+        gap = LOG_DENSITY_GAP + 6 * math.sqrt(self.point.z.shape[1] / 2)  # 6 sd of log p in a typical set
+        stuck = (self.accepted == 0) | (logp < logp.median() - gap)
+        self.accepted = torch.zeros_like(self.accepted)
+        kept = (~stuck).nonzero().flatten()
+        if not bool(stuck.any()) or len(kept) == 0:
+            return
+        u = self.random.uniform(t * SLOTS + 2, 1, self.point.z.dtype)[:, 0]
+        donor = kept[(u * len(kept)).long().clamp(max=len(kept) - 1)]
+        self.point = self.point.where(~stuck, Point(*(a[donor] for a in self.point)))
+        self.restarted += int(stuck.sum())
 
     def postfix(self) -> dict:
         return {"step": f"{float(self.step_size[0]):.3g}", "steps": self.num_steps}
