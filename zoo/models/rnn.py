@@ -158,7 +158,9 @@ def _contract(net, config, dropout, fit_defaults) -> dict:
                 display=Display(summary_sites=["precision"] if regression else []))
 
 
-TEXT_DEFAULTS = {"svi": {"batch_size": 64, "lr": 3e-3, "num_epochs": 3},
+# a constant rate, as plain PyTorch trains it: decayed to a tenth (svi's default), one epoch of 20,000 SST-2
+# phrases reached 58.4 % dev accuracy (lstm) against 70.3 % constant and 70.6 % for the plain PyTorch LSTM
+TEXT_DEFAULTS = {"svi": {"batch_size": 64, "lr": 3e-3, "lr_decay": 1.0, "num_epochs": 3},
                  "laplace": LAST_LAYER_LAPLACE}
 
 
