@@ -12,12 +12,17 @@ counted over the draws and scaled to the warmup (the table says which rows are s
     pip install -e ".[bench]"         # numpyro, jax, jaxlib: references only, never used by the package
     python benchmarks/samplers.py      # writes benchmarks/results/samplers.{json,md}
     python benchmarks/samplers.py --quick
+    taskset -c 1 python benchmarks/samplers.py --threads 1   # both sides on one core (the other one busy)
+    python benchmarks/samplers.py --summary-only             # the markdown again from the JSON
+
+The markdown ends with the issue's goals, ratio by ratio, against NumPyro's better row at each chain count.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 import warnings
@@ -102,27 +107,31 @@ def eight_schools_model(sigma, y=None):
 
 
 def problems(names) -> list[Problem]:
-    out = []
-    if "bnn-1-20-1" in names:  # the issue's model: 1-20-1 tanh, 100 points
+    """The models named, in the order given."""
+    def bnn_1_20_1():  # the issue's model: 1-20-1 tanh, 100 points
         gen = torch.Generator().manual_seed(0)
         x = torch.linspace(-3, 3, 100).unsqueeze(-1)
         y = torch.sin(x[:, 0]) + 0.1 * torch.randn(100, generator=gen)
         model = zoo.load("bnn", in_features=1, hidden=[20], activation="tanh")
-        out.append(Problem("bnn-1-20-1", model, (x, y), _bnn_numpyro([(1, 20), (20, 1)], "tanh", (1.0, 0.01)), 10))
-    if "eight-schools" in names:
+        return Problem("bnn-1-20-1", model, (x, y), _bnn_numpyro([(1, 20), (20, 1)], "tanh", (1.0, 0.01)), 10)
+
+    def eight_schools():
         y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
         sigma = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
-        out.append(Problem("eight-schools", eight_schools_model, (sigma, y), _eight_schools_numpyro, 10))
-    if "bnn-yacht" in names or "gp-yacht" in names:
+        return Problem("eight-schools", eight_schools_model, (sigma, y), _eight_schools_numpyro, 10)
+
+    def bnn_yacht():
         data = zoo.datasets.load("yacht", split=0)
-        x, y = data.train.args
-        if "bnn-yacht" in names:
-            sizes = [(x.shape[1], 50), (50, 1)]
-            out.append(Problem("bnn-yacht", zoo.load("bnn", data=data, hidden=[50]), (x, y),
-                               _bnn_numpyro(sizes, "relu", (1.0, 0.01)), 8))
-        if "gp-yacht" in names:
-            out.append(Problem("gp-yacht", zoo.load("gp-exact", data=data), (x, y), _gp_numpyro, 8))
-    return out
+        sizes = [(data.train.args[0].shape[1], 50), (50, 1)]
+        return Problem("bnn-yacht", zoo.load("bnn", data=data, hidden=[50]), data.train.args,
+                       _bnn_numpyro(sizes, "relu", (1.0, 0.01)), 8)
+
+    def gp_yacht():
+        data = zoo.datasets.load("yacht", split=0)
+        return Problem("gp-yacht", zoo.load("gp-exact", data=data), data.train.args, _gp_numpyro, 8)
+
+    known = {"bnn-1-20-1": bnn_1_20_1, "eight-schools": eight_schools, "bnn-yacht": bnn_yacht, "gp-yacht": gp_yacht}
+    return [known[name]() for name in names]
 
 
 def min_bulk_ess(samples: dict) -> float:
@@ -180,6 +189,8 @@ def run_numpyro(problem: Problem, chains: int, warmup: int, draws: int, method: 
         longer, _, long_seconds = run(warmup, 10 * draws)
         per_step = max(long_seconds - seconds, 1e-3) / max(draw_steps(longer) - draw_steps(mcmc), 1)
         seconds, how = per_step * steps, "scaled from draws; time from a 10x longer run"
+        if long_seconds - seconds < 0.05 * long_seconds:
+            how += " (not measurable: it was no slower)"
     else:
         seconds = seconds - fixed
     samples = {k: np.asarray(v) for k, v in samples.items()}
@@ -203,17 +214,33 @@ def main():
     parser.add_argument("--draws", type=int, default=300)
     parser.add_argument("--no-numpyro", action="store_true")
     parser.add_argument("--no-pyro", action="store_true", help="skip pyro-nuts (slow)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and XLA alike")
     parser.add_argument("--out", default=str(RESULTS / "samplers"))
+    parser.add_argument("--summary-only", action="store_true", help="rewrite the markdown from the JSON")
     opts = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    out = Path(opts.out)
+    if opts.summary_only:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        return write(saved["rows"], out, saved["machine"])
+    if opts.threads:  # before jax is imported: XLA reads its flags once
+        torch.set_num_threads(opts.threads)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                   f"intra_op_parallelism_threads={opts.threads}").strip()
     chain_counts = [1, 4] if opts.quick else [int(c) for c in opts.chains.split(",")]
     warmup, draws = (50, 50) if opts.quick else (opts.warmup, opts.draws)
+    machine = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
+                   processor=platform.machine(), warmup=warmup, draws=draws)
+    if not opts.no_numpyro:
+        import jax
+        import numpyro
+
+        machine.update(numpyro=numpyro.__version__, jax=jax.__version__)
     rows = []
 
     def add(row):  # the tables are rewritten after every row: a long run stopped keeps what it measured
         rows.append(row)
         print(row, flush=True)
-        write(rows, Path(opts.out), warmup, draws)
+        write(rows, out, machine)
 
     for problem in problems(opts.models.split(",")):
         for chains in chain_counts:
@@ -227,17 +254,40 @@ def main():
                 add(run_numpyro(problem, chains, warmup, draws, method))
 
 
-def write(rows, out: Path, warmup: int, draws: int):
-    import jax
-    import numpyro
+def goals(rows) -> list[str]:
+    """The issue's goals, ratio by ratio, for each model whose rows are there."""
+    lines = ["| model | measurement | zoo | NumPyro | ratio | aim |", "|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        got = {(r["sampler"], r["chains"]): r for r in rows if r["model"] == model}
 
-    machine = dict(python=platform.python_version(), torch=torch.__version__, numpyro=numpyro.__version__,
-                   jax=jax.__version__, threads=torch.get_num_threads(), processor=platform.processor(),
-                   warmup=warmup, draws=draws)
+        def compare(label, chains, key, aim, better):  # against NumPyro's better row at that chain count
+            ours = got.get(("zoo nuts", chains))
+            theirs = [got[m, chains] for m in ("numpyro (vectorized)", "numpyro (sequential)") if (m, chains) in got]
+            theirs = [r for r in theirs if "not measurable" not in r["steps_counted"]]
+            if ours and theirs:
+                a, b = ours[key], better(r[key] for r in theirs)
+                lines.append(f"| {model} | {label} | {a} | {b} | {a / b:.2f} | {aim} |")
+
+        for c in (4, 64):
+            compare(f"µs / leapfrog / chain, nuts at {c} chains", c, "us_per_leapfrog_per_chain",
+                    "≤ 3" if c == 4 else "≤ 1", min)
+            compare(f"ESS / s, nuts at {c} chains", c, "ess_per_second", "≥ 1", max)
+        zoo_best = max((r for r in got.values() if r["sampler"].startswith("zoo")), key=lambda r: r["ess_per_second"])
+        theirs = [r for r in got.values() if r["sampler"].startswith("numpyro") and "not measurable" not in
+                  r["steps_counted"]]
+        if theirs:
+            best = max(theirs, key=lambda r: r["ess_per_second"])
+            lines.append(f"| {model} | best ESS / s ({zoo_best['sampler']} {zoo_best['chains']}; {best['sampler']} "
+                         f"{best['chains']}) | {zoo_best['ess_per_second']} | {best['ess_per_second']} | "
+                         f"{zoo_best['ess_per_second'] / best['ess_per_second']:.2f} | ≥ 1 |")
+    return lines
+
+
+def write(rows, out: Path, machine: dict):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(dict(machine=machine, rows=rows), indent=1))
     lines = ["# Samplers side by side (benchmarks/samplers.py, one run)", "",
-             f"{warmup} warmup + {draws} draws per chain; {machine}", "",
+             f"{machine['warmup']} warmup + {machine['draws']} draws per chain; {machine}", "",
              "| model | sampler | chains | µs / leapfrog / chain | steps | min bulk ESS | ESS / s | seconds "
              "| cold wall (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -245,6 +295,7 @@ def write(rows, out: Path, warmup: int, draws: int):
         lines.append(f"| {r['model']} | {r['sampler']} | {r['chains']} | {r['us_per_leapfrog_per_chain']} | "
                      f"{r['steps_counted']} | {r['min_bulk_ess']} | {r['ess_per_second']} | {r['seconds']} | "
                      f"{r['wall_cold']} |")
+    lines += ["", "## Goals", ""] + goals(rows)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
