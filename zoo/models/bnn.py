@@ -144,11 +144,13 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
         net, in_features, out_features, guides={"mc-dropout": dropout_guide}, config=config, init_loc_fn=_init_loc,
         # networks: a PSD curvature, a diagonal (the full NN predictive underfits), and the prior
         # scale moved to the evidence's choice before the final MAP; NUTS with the compiled leaf, trees of at
-        # most 128 steps (a network's chains hit any depth: the weights' modes are not crossed by deeper trees)
+        # most 128 steps (a network's chains hit any depth: the weights' modes are not crossed by deeper trees),
+        # and chains started within 0.1 of the initial weights: a spread of 1 (for parameters of scale 1) puts
+        # them far out; on yacht (50 hidden, 4 chains) it cost 342 s against 36 s and RMSE 0.54 against 0.28
         defaults=Defaults(fit={"laplace": {"curvature": "fisher", "hessian": "diag", "prior_rounds": 3,
                                            "num_steps": 1500, "optimizer": "adam"},
-                               "nuts": {"max_tree_depth": 7, "density": "compiled"},
-                               "chees": {"density": "compiled"}}),
+                               "nuts": {"max_tree_depth": 7, "density": "compiled", "init_spread": 0.1},
+                               "chees": {"density": "compiled", "init_spread": 0.1}}),
         display=Display(summary_sites=["precision"] if learns_noise else []),
         vectorized=True,
     )
