@@ -170,15 +170,18 @@ class _ChEESRun(ChainRun):
         per_chain = h * self.length * change * (centred_new * v).sum(-1)  # d ChEES / d log T
         grad = float((weight * torch.nan_to_num(per_chain)).sum() / weight.sum())
         if self.updates:  # an outlying chain's gradient would hold Adam's scale up for dozens of iterations
-            bound = GRAD_CLIP * math.sqrt(self.adam_v / (1 - ADAM_BETA2**self.updates))
+            bound = GRAD_CLIP * self._adam_scale()
             grad = max(-bound, min(bound, grad))
         self.updates += 1
         self.adam_v = ADAM_BETA2 * self.adam_v + (1 - ADAM_BETA2) * grad**2
-        v_hat = self.adam_v / (1 - ADAM_BETA2**self.updates)
-        update = self.config.learning_rate * grad / (math.sqrt(v_hat) + 1e-8)
+        update = self.config.learning_rate * grad / (self._adam_scale() + 1e-8)
         self.length = math.exp(math.log(self.length) + update)
         average = self.updates ** -0.5
         self.log_length_avg = (1 - average) * self.log_length_avg + average * math.log(self.length)
+
+    def _adam_scale(self) -> float:
+        """Adam's running gradient scale: the root of its bias-corrected second moment."""
+        return math.sqrt(self.adam_v / (1 - ADAM_BETA2**self.updates))
 
     def _restart_stuck(self, t: int) -> None:
         """Chains that accepted nothing since the last check (the shared step size is too large where they
