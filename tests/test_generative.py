@@ -36,12 +36,15 @@ def test_iwae_is_above_the_elbo_and_grows_with_k(fitted_vae, binary):
     assert scores[1000]["elbo"] == pytest.approx(scores[100]["elbo"], abs=0.1)
 
 
-def test_iwae_of_linear_gaussian_vae_reaches_the_exact_marginal():
-    """Probabilistic PCA: z ~ N(0, I), x ~ N(Wz + b, s^2 I), so p(x) = N(b, W W^T + s^2 I) in closed form."""
+@pytest.mark.parametrize("name, flows", [("vae", {}), ("vae-iaf", dict(num_flows=2, flow_hidden=16))])
+def test_iwae_of_linear_gaussian_vae_reaches_the_exact_marginal(name, flows):
+    """Probabilistic PCA: z ~ N(0, I), x ~ N(Wz + b, s^2 I), so p(x) = N(b, W W^T + s^2 I) in closed form;
+    for vae-iaf the estimate runs through the flows' log-determinants."""
     torch.manual_seed(0)
     w_true = torch.randn(5, 2)
     x = torch.randn(400, 2) @ w_true.T + 0.3 * torch.randn(400, 5) + 1.0
-    zm = zoo.load("vae", data=(x,), latent_dim=2, hidden=[32], likelihood="gaussian", sigma=0.3, decoder_hidden=[])
+    zm = zoo.load(name, data=(x,), latent_dim=2, hidden=[32], likelihood="gaussian", sigma=0.3, decoder_hidden=[],
+                  **flows)
     post = zoo.fit(zm, x, num_epochs=150, batch_size=100, lr=1e-2, seed=0, progress=False)
     linear = post.net.decoder.net[0]
     cov = linear.weight @ linear.weight.T + 0.3**2 * torch.eye(5)
@@ -50,6 +53,53 @@ def test_iwae_of_linear_gaussian_vae_reaches_the_exact_marginal():
     elbo = post.evaluate(x, iwae_samples=1)["elbo"]
     assert float((iwae - exact).abs().mean()) < 0.02
     assert float(exact.mean()) - elbo > 4 * abs(float((iwae - exact).mean()))  # the ELBO's gap is far wider
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "gelu"])
+def test_contractive_penalty_is_the_encoders_jacobian_norm(activation):
+    torch.manual_seed(0)
+    x = torch.rand(20, 6)
+    for hidden in ([5], [5, 4]):
+        model = zoo.load("contractive-ae", data=(x,), latent_dim=3, hidden=hidden, activation=activation)
+        encoder = model.network.encoder
+        jacobians = torch.func.vmap(torch.func.jacrev(lambda v: encoder.loc(encoder.trunk(v))))(x)
+        exact = jacobians.pow(2).sum((1, 2)).detach()
+        if len(hidden) == 1:  # the closed form
+            assert torch.allclose(encoder.contraction(x), exact, rtol=1e-4, atol=1e-6)
+        else:  # Hutchinson's estimate is unbiased
+            estimate = torch.stack([encoder.contraction(x) for _ in range(4000)]).mean(0).detach()
+            assert torch.allclose(estimate, exact, rtol=0.1)
+
+
+def test_contractive_loss_adds_the_penalty_only_while_fitting():
+    torch.manual_seed(0)
+    x = torch.rand(20, 6)
+    zm, plain = (zoo.load("contractive-ae", data=(x,), latent_dim=3, hidden=[5], lam=lam) for lam in (0.7, 0.0))
+    plain.network.load_state_dict(zm.network.state_dict())
+    losses = {}
+    for name, model in (("cae", zm), ("plain", plain)):
+        pyro.clear_param_store()
+        losses[name] = Trace_ELBO().loss(model.model, model.make_guide("delta"), x)
+        with per_example_noise():
+            losses[name + " fitting"] = Trace_ELBO().loss(model.model, model.make_guide("delta"), x)
+    with torch.no_grad():
+        penalty = 0.7 * float(zm.network.encoder.contraction(x).sum())
+    assert losses["cae"] == pytest.approx(losses["plain"]) == pytest.approx(losses["plain fitting"])
+    assert losses["cae fitting"] - losses["plain"] == pytest.approx(penalty, abs=1e-4)
+
+
+def test_contractive_fit_shrinks_the_jacobian():
+    torch.manual_seed(0)
+    x = torch.rand(300, 20)
+    norms = {}
+    for lam in (0.0, 1.0):
+        post = zoo.fit(zoo.load("contractive-ae", data=(x,), latent_dim=5, hidden=[16], lam=lam), x, num_steps=300,
+                       batch_size=100, lr=1e-2, seed=0, progress=False)
+        with torch.no_grad():
+            norms[lam] = float(post.net.encoder.contraction(x).mean())
+    assert norms[1.0] < 0.1 * norms[0.0]
+    with pytest.raises(zoo.ZooError, match="lam"):
+        zoo.load("contractive-ae", input_shape=[4], lam=-1.0)
 
 
 def test_delta_sparse_ae_loss_is_squared_error_plus_l1():

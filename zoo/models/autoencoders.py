@@ -1,4 +1,4 @@
-"""Sparse and denoising autoencoders as model/guide pairs (MAP codes by default)."""
+"""Sparse, denoising and contractive autoencoders as model/guide pairs (MAP codes by default)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,22 @@ def denoising_ae(*, data=None, input_shape=(784,), latent_dim: int = 200, hidden
                            activation=activation, likelihood=likelihood, sigma=sigma, prior="normal",
                            prior_scale=1.0, codes=("delta", "normal"), corruption=make_corruption(corruption, level),
                            config=config)
+
+
+@register_model("contractive-ae", task="generative", family="autoencoder",
+                likelihood="h ~ N(0, I); x ~ Normal(decoder(h), 1/2) | Bernoulli | ContinuousBernoulli; "
+                           "fitting adds lam * ||dh/dx||_F^2",
+                default_guide="delta", guides=("delta", "normal"), backends=("svi",), refused=REFUSED,
+                paper="Rifai et al. 2011, Contractive Auto-Encoders: Explicit Invariance During Feature Extraction",
+                notes="While fitting, each point's loss adds lam times the squared Frobenius norm of the "
+                      "encoder's Jacobian at it (closed form for one hidden layer, Hutchinson's estimate for "
+                      "deeper encoders); the penalty is not part of log p(x). lam=0 is the plain autoencoder.")
+def contractive_ae(*, data=None, input_shape=(784,), latent_dim: int = 200, hidden=(500,),
+                   activation: str = "sigmoid", lam: float = 0.1, likelihood: str = "gaussian",
+                   sigma: float | None = SQUARED_ERROR_SIGMA) -> ZooModel:
+    """Contractive autoencoder: a code that changes little as x moves (Rifai's sigmoid encoder by default)."""
+    config = dict(input_shape=list(input_shape), latent_dim=latent_dim, hidden=list(hidden), activation=activation,
+                  lam=lam, likelihood=likelihood, sigma=sigma)
+    return build_autoencoder("contractive-ae", data, input_shape=input_shape, latent_dim=latent_dim, hidden=hidden,
+                           activation=activation, likelihood=likelihood, sigma=sigma, prior="normal",
+                           prior_scale=1.0, codes=("delta", "normal"), contraction=lam, config=config)

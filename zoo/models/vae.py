@@ -48,7 +48,8 @@ def vae(*, data=None, input_shape=(784,), latent_dim: int = 50, hidden=(200, 200
                       "hidden layer, order reversed between steps).")
 def vae_iaf(*, data=None, input_shape=(784,), latent_dim: int = 50, hidden=(200, 200), activation: str = "tanh",
             likelihood: str = "bernoulli", sigma: float | None = None, num_flows: int = 2,
-            flow_hidden: int = 100) -> ZooModel:
-    """VAE whose guide adds inverse autoregressive flow steps on top of the Gaussian encoder."""
+            flow_hidden: int = 100, decoder_hidden=None) -> ZooModel:
+    """VAE whose guide adds inverse autoregressive flow steps on top of the Gaussian encoder (``decoder_hidden``
+    as in ``vae``)."""
     return _vae("vae-iaf", data, input_shape, latent_dim, hidden, activation, likelihood, sigma, num_flows,
-                flow_hidden, ("iaf", "normal"))
+                flow_hidden, ("iaf", "normal"), decoder_hidden)
