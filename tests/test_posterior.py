@@ -144,6 +144,26 @@ def test_minibatch_svi_scales_the_likelihood(data):
     assert 0.5 < ratio < 2
 
 
+def test_minibatch_fit_never_runs_the_model_on_all_the_data():
+    """Pyro's autoguides trace the model once to find its sites, with the plate's subsample hidden: on a
+    minibatched fit the zoo runs that trace on one minibatch (it once cost a forward pass over all the data)."""
+    seen = []
+
+    def model(x, y=None):
+        w = pyro.sample("w", pyro.distributions.Normal(0.0, 1.0).expand([2]).to_event(1))
+        with pyro.plate("data", x.shape[0]) as idx:
+            seen.append((len(idx), torch.is_grad_enabled()))  # the fit's diagnostics run on all the data
+            return pyro.sample("y", pyro.distributions.Normal(x[idx] @ w, 1.0), obs=None if y is None else y[idx])
+
+    x = torch.randn(500, 2)
+    y = x @ torch.tensor([1.0, -1.0]) + torch.randn(500)
+    for guide in ("mean-field", "delta"):
+        seen.clear()
+        zoo.fit(zoo.ZooModel(model), (x, y), "svi", guide=guide, num_steps=5, batch_size=20, num_samples=10,
+                progress=False)
+        assert (500, True) not in seen and (20, True) in seen, (guide, sorted(set(seen)))
+
+
 def test_classifier_metrics():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(200, 2, generator=gen)

@@ -13,6 +13,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoGuide
 
 from .._errors import ZooError
 from .._noise import per_example_noise
@@ -27,7 +28,7 @@ from ._base import (
 from .adam import Adam
 from .elbo_graph import ElboStep, trace_elbo_step
 from .loop import NonFinite, run_steps
-from .sites import DATA_PLATE
+from .sites import DATA_PLATE, MinibatchIndices
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
 JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}
@@ -121,6 +122,8 @@ class SVI:
 
         losses, notes = [], []
         order = {"perm": torch.randperm(n, device=args[0].device)}
+        if minibatch and isinstance(guide, AutoGuide) and not sites.local:  # after the permutation, as before
+            _prototype_on_minibatch(guide, args, order["perm"][:batch_size])
         optim = self._optimizer(num_steps)
         last_good = _LastGood()
         graph = {}  # after the first step: "params"; "traced", the ELBO as a graph (or None); "step", the one run
@@ -255,3 +258,18 @@ def _check_subsampling(model, args, batch_size):
         raise ZooError("svi: batch_size needs a model whose observations sit in "
                        "`with pyro.plate('data', len(x)) as idx:` and index the data with idx "
                        "(x[idx], y[idx]); this model does not, so leave batch_size=None")
+
+
+def _prototype_on_minibatch(guide: AutoGuide, args: tuple, indices: torch.Tensor) -> None:
+    """An autoguide traces its model once to learn the sites, hiding the data plate's subsample from outer
+    handlers, so on a minibatched fit that trace ran the model on all the data (2.7 s of a 10 s fit of
+    lstm on 20,000 SST-2 phrases); run it on one minibatch instead: global sites' shapes do not depend on
+    how many points the model saw."""
+    held = getattr(guide, "_model", None)  # Pyro keeps the model as a 1-tuple behind a read-only property
+    if not (isinstance(held, tuple) and len(held) == 1):
+        return
+    guide._model = (MinibatchIndices(indices)(held[0]),)
+    try:
+        guide._setup_prototype(*args)
+    finally:
+        guide._model = held
