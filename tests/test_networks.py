@@ -196,6 +196,22 @@ def test_lstm_state_ignores_padding():
     torch.testing.assert_close(post.predict(x).probs[::3], post.predict(short).probs)
 
 
+def test_fused_lstm_matches_the_loop_with_padding():
+    """One network without noise runs PyTorch's fused LSTM; a leading draw dim runs the step loop: same states
+    and gradients, each read after its sequence's last token."""
+    from zoo.models.rnn import lstm
+
+    torch.manual_seed(0)
+    inputs, lengths = torch.randn(6, 7, 3), torch.tensor([7, 1, 4, 7, 2, 5])
+    weights = [(0.4 * torch.randn(shape)).requires_grad_() for shape in ((20, 3), (20, 5), (20,))]
+    fused = lstm(inputs, lengths, *weights)
+    looped = lstm(inputs, lengths, *(w[None] for w in weights))[0]
+    torch.testing.assert_close(fused, looped)
+    grads = [torch.autograd.grad(out.pow(2).sum(), weights) for out in (fused, looped)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_lstm_bad_input():
     x, y = _tokens()
     zm = zoo.load("bayes-lstm", data=(x, y), vocab_size=12, embed_dim=4, hidden=5)

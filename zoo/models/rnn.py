@@ -10,6 +10,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
+from .. import _noise as noise
 from .._data import training_arrays
 from .._errors import ZooError
 from .._model import Defaults, Display, ZooModel
@@ -79,6 +80,13 @@ def lstm(inputs, lengths, w_ih, w_hh, b):
     sample (and one dropout mask) for all its time steps.
     """
     hidden = w_hh.shape[-1]
+    if inputs.dim() == 3 and w_hh.dim() == 2 and all(noise.lookup(w) is None for w in (w_ih, w_hh, b)):
+        # one network, no per-example noise: PyTorch's fused LSTM, about 4x the Python loop's speed; each
+        # sequence's state is read after its last token, which the padding after it cannot change
+        zeros = inputs.new_zeros(1, inputs.shape[0], hidden)
+        states, _, _ = torch.lstm(inputs, (zeros, zeros), [w_ih, w_hh, b, torch.zeros_like(b)], True, 1, 0.0,
+                                  False, False, True)
+        return states[torch.arange(inputs.shape[0], device=inputs.device), lengths - 1]
     batch = torch.broadcast_shapes(inputs.shape[:-3], w_hh.shape[:-2])
     h = inputs.new_zeros(*batch, inputs.shape[-3], hidden)
     c = h
