@@ -20,6 +20,10 @@ from .weight_guides import WeightSite, mc_dropout_guide
 # parameters of scale 1) puts them far out; on yacht (50 hidden, 4 chains) it cost 342 s against 36 s and
 # RMSE 0.54 against 0.28
 BATCHED_SAMPLER = {"density": "compiled", "init_spread": 0.1}
+# a classifier trains at a constant rate, as plain PyTorch does: decayed to a tenth (svi's default), the delta
+# guide after 3 epochs of 10,000 MNIST digits (784-50-10, Adam 1e-3, batch 128) reached 88.8 % test accuracy
+# against 91.0 % constant and 90.5 % for the plain PyTorch MLP (benchmarks/parity.py)
+CLASSIFIER_SVI = {"lr_decay": 1.0}
 GUIDES = ("mean-field", "low-rank", "full-rank", "delta", "mc-dropout")
 PAPERS = ("Blundell et al. 2015, Weight Uncertainty in Neural Networks; "
           "Gal & Ghahramani 2016, Dropout as a Bayesian Approximation")
@@ -149,7 +153,8 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
         # networks: a PSD curvature, a diagonal (the full NN predictive underfits), and the prior
         # scale moved to the evidence's choice before the final MAP; NUTS with the compiled leaf, trees of at
         # most 128 steps (a network's chains hit any depth: the weights' modes are not crossed by deeper trees)
-        defaults=Defaults(fit={"laplace": {"curvature": "fisher", "hessian": "diag", "prior_rounds": 3,
+        defaults=Defaults(fit={**({"svi": CLASSIFIER_SVI} if task == "classification" else {}),
+                               "laplace": {"curvature": "fisher", "hessian": "diag", "prior_rounds": 3,
                                            "num_steps": 1500, "optimizer": "adam"},
                                "nuts": {"max_tree_depth": 7, **BATCHED_SAMPLER}, "chees": BATCHED_SAMPLER}),
         display=Display(summary_sites=["precision"] if learns_noise else []),

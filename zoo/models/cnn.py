@@ -25,6 +25,9 @@ from .weight_guides import (
 PAPERS = ("LeCun et al. 1998; Gal & Ghahramani 2015, Bayesian CNNs with Bernoulli Approximate "
           "Variational Inference; Blundell et al. 2015; Wen et al. 2018, Flipout")
 KERNEL = 5
+# a constant rate, as plain PyTorch trains it: decayed to a tenth (svi's default), lenet after one epoch of
+# 10,000 digits (Adam 1e-3, batch 128) reached 93.8 % test accuracy against 96.1 % constant (benchmarks/parity.py)
+CONSTANT_RATE_SVI = {"batch_size": 128, "lr": 1e-3, "lr_decay": 1.0, "num_epochs": 5}
 
 
 class BayesianLeNet:
@@ -118,7 +121,7 @@ def _build(name, data, image_shape, channels, hidden, num_classes, prior_scale, 
     return LeNetModel(
         name, net, int(num_classes), guides={"mean-field": mean_field, "mc-dropout": mc_dropout}, config=config,
         init_loc_fn=init_at(net.sites), last_layer=["w3", "b3"], vectorized=True,
-        defaults=Defaults(fit={"svi": {"batch_size": 128, "lr": 1e-3, "num_epochs": 5}, "laplace": LAST_LAYER_LAPLACE},
+        defaults=Defaults(fit={"svi": CONSTANT_RATE_SVI, "laplace": LAST_LAYER_LAPLACE},
                           num_samples=100, predict_batch=64),
     )
 
