@@ -18,6 +18,7 @@ Runs append to benchmarks/results/autoencoders-runs.jsonl; the tables are rebuil
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import time
@@ -90,13 +91,10 @@ def _fit(model, data, epochs, seed):
 def run(benches, epochs, lams, contractive_lams, path, seed, threads, fraction):
     torch.set_num_threads(threads)
     data = zoo.datasets.load("mnist", path=path, fraction=fraction, seed=seed)
-    rows = []
-    if "denoising" in benches:
-        rows += denoising_rows(data, epochs, seed)
-    if "sparse" in benches:
-        rows += sparse_rows(data, epochs, seed, lams)
-    if "contractive" in benches:
-        rows += contractive_rows(data, epochs, seed, contractive_lams)
+    rows = itertools.chain(  # generators: each row is kept the moment its fit ends
+        denoising_rows(data, epochs, seed) if "denoising" in benches else (),
+        sparse_rows(data, epochs, seed, lams) if "sparse" in benches else (),
+        contractive_rows(data, epochs, seed, contractive_lams) if "contractive" in benches else ())
     for row in rows:
         row.update(epochs=epochs, train_size=len(data.train), hardware=f"{platform.machine()}, "
                    f"{torch.get_num_threads()} threads, CPU", torch=torch.__version__)
