@@ -163,12 +163,12 @@ def train_plain(build, data, epochs, batch_size, lr, seed):
     return score(net, data.test), time.perf_counter() - start
 
 
-def train_zoo(name, guide, data, family, seed):
+def train_zoo(name, guide, twin, data, family, seed):
     torch.manual_seed(seed)
     model = zoo.load(name, data=data)
     start = time.perf_counter()
     post = zoo.fit(model, data.train, "svi", guide=guide, num_epochs=family.epochs, batch_size=family.batch_size,
-                   lr=family.lr, seed=seed, progress=False, num_samples=None if guide == "delta" else PREDICT_DRAWS)
+                   lr=family.lr, seed=seed, progress=False, num_samples=1 if twin else PREDICT_DRAWS)
     fit_s = time.perf_counter() - start
     if family.metric == "elbo":
         torch.manual_seed(1)
@@ -190,7 +190,7 @@ def run(names, seeds):
         rows = [dict(common, model="plain PyTorch", guide="", twin=False, fit_s=fit_s, **score)]
         _emit(rows[-1])
         for name, guide, twin in family.runs:
-            score, fit_s, step = train_zoo(name, guide, data, family, seed)
+            score, fit_s, step = train_zoo(name, guide, twin, data, family, seed)
             _emit(dict(common, model=name, guide=guide or zoo.card(name).default_guide, twin=twin, fit_s=fit_s,
                        elbo_step=step, **score))
 
