@@ -39,12 +39,19 @@ class ChainRandom:
 
     def uniform(self, counter: int, n: int, dtype=torch.float64) -> torch.Tensor:
         """(C, n) uniforms in (0, 1)."""
-        start = _mix(self.keys + _mix(torch.tensor(counter, dtype=torch.int64, device=self.keys.device)))
-        columns = torch.arange(1, n + 1, dtype=torch.int64, device=self.keys.device) * _GOLDEN
-        bits = _shift_right(_mix(start[:, None] + columns), 11)  # the top 53 bits
-        return ((bits.to(torch.float64) + 0.5) * 2.0**-53).to(dtype)
+        device = self.keys.device
+        columns = torch.arange(1, n + 1, dtype=torch.int64, device=device)
+        return uniforms(self.keys, torch.tensor(counter, dtype=torch.int64, device=device), columns, dtype)
 
     def normal(self, counter: int, n: int, dtype=torch.float64) -> torch.Tensor:
         """(C, n) standard normals (Box-Muller on two columns of uniforms each)."""
         u = self.uniform(counter, 2 * n, torch.float64)
         return (torch.sqrt(-2 * torch.log(u[:, :n])) * torch.cos(2 * math.pi * u[:, n:])).to(dtype)
+
+
+def uniforms(keys: torch.Tensor, counter: torch.Tensor, columns: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
+    """(C, *S, m) uniforms in (0, 1) of the chains with ``keys`` at int64 counters of shape S and ``columns``
+    (numbered from 1) of shape (*S, m): tensor code only, so that a compiled step can draw its own."""
+    start = _mix(keys.view(-1, *[1] * counter.dim()) + _mix(counter))
+    bits = _shift_right(_mix(start.unsqueeze(-1) + columns * _GOLDEN), 11)  # the top 53 bits
+    return ((bits.to(torch.float64) + 0.5) * 2.0**-53).to(dtype)

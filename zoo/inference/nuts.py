@@ -10,7 +10,7 @@ from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
 from .batched import ChainRun, Chains, check_chain_options, identity_metric, start_chains
-from .trajectory import SLOTS, example_leaves, grow_leaves, nuts_transition, run_lengths, subtree_slots
+from .trajectory import SLOTS, example_leaves, grow_leaves, leaf_runs, nuts_transition, subtree_slots
 
 
 @register_backend
@@ -65,8 +65,8 @@ class NUTS:
     def fit(self, problem) -> FitResult:
         self.check()
         chains = start_chains(problem, self.name, self.num_chains, self.init_spread, self.density, self.dense_mass)
-        grow_leaf, mode = self._leaf_step(chains)
-        run = _NUTSRun(self, chains, problem.num_samples, grow_leaf)
+        grow_run, mode = self._leaf_step(chains)
+        run = _NUTSRun(self, chains, problem.num_samples, grow_run)
         return run.run(problem, {"density": mode})
 
     def _leaf_step(self, chains: Chains):
@@ -78,14 +78,13 @@ class NUTS:
         slots, point = subtree_slots(self.max_tree_depth), chains.point
         inverse_mass = identity_metric(point, self.dense_mass).inverse_mass
         runs = {}
-        for leaves in run_lengths(self.max_tree_depth):
+        for leaves, first in {leaves: first for first, leaves in leaf_runs(self.max_tree_depth)}.items():
+            example = example_leaves(point, inverse_mass, chains.random.keys, first, leaves, slots)
             # the new point is checked; the energy error, a difference of large numbers, differs by rounding
-            runs[leaves], mode = chains.bind(grow_leaves, example_leaves(point, inverse_mass, leaves, slots),
-                                             lambda tree: tree.last)
+            runs[leaves], mode = chains.bind(grow_leaves, example, lambda tree: tree.sub.last)
             if mode != "compiled":
                 return runs[leaves], mode
-        return lambda tree, step, inverse_mass, energy0, log_u, *masks: runs[log_u.shape[0]](
-            tree, step, inverse_mass, energy0, log_u, *masks), mode
+        return lambda *args: runs[args[-1].counter.shape[0]](*args), mode
 
 
 class _NUTSRun(ChainRun):
@@ -94,15 +93,15 @@ class _NUTSRun(ChainRun):
     name = "nuts"
     stat_names = ("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate", "lp")
 
-    def __init__(self, config: NUTS, chains: Chains, num_samples: int, grow_leaf):
+    def __init__(self, config: NUTS, chains: Chains, num_samples: int, grow_run):
         super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, config.pooled_mass)
-        self.config, self.grow_leaf = config, grow_leaf
+        self.config, self.grow_run = config, grow_run
         self.adapt = DualAveraging(config.target_accept, self.step_size.log())
         self.depth = 0
 
     def step(self, t: int) -> None:
         c = self.config
-        moved = nuts_transition(self.point, self.step_size, self.metric, self.grow_leaf, self.random, t,
+        moved = nuts_transition(self.point, self.step_size, self.metric, self.grow_run, self.random, t,
                                 c.max_tree_depth)
         self.point = moved.point
         self.depth = int(moved.tree_depth.max())

@@ -85,7 +85,7 @@ def fused(fn: Callable, example: tuple) -> Callable:
         out_tree[0][0](out, flat_out)
         return flat_out
 
-    graph = make_fx(flat)(*leaves)
+    graph = make_fx(flat, tracing_mode="fake", _allow_non_fake_inputs=True)(*leaves)
     fake = FakeTensorMode(shape_env=ShapeEnv())  # with a shape env, inductor's graph cache can serve it
     run = torch._inductor.compile(graph, [fake.from_tensor(t, static_shapes=True) for t in leaves])
     unflatten_out = out_tree[0][1]

@@ -1,13 +1,18 @@
 """One NUTS transition for C chains at once, as tensor code over (C, D) positions.
 
 The iterative, unrolled design of TensorFlow Probability's ``NoUTurnSampler``: every chain doubles its
-trajectory in lockstep, a chain that has stopped is masked rather than waited for, and the only host sync
-is the "has every chain stopped?" test once per doubling. Within a doubling of 2^d leapfrog steps the
-proposal is drawn multinomially (progressive uniform sampling over the leaves), the generalised U-turn
-criterion is checked at each completed sub-subtree through momentum checkpoints indexed by the leaf's
-bits, and a leaf whose energy error passes 1,000 is a divergence. A subtree that turns or diverges is
-rejected and ends that chain's trajectory; a valid one replaces the proposal with probability
-min(1, w_new / w_old) (biased progressive sampling), as in Stan.
+trajectory in lockstep and a chain that has stopped is masked rather than waited for. The trajectory is
+a sequence of leaves (leapfrog steps); where a leaf falls in its tree (which doubling, which checkpoints
+it stores and checks, whether it opens or closes a doubling) is the same for every chain, so it is
+given as tensors and one step of compiled code grows a run of leaves whatever their place: a doubling's
+start (its direction, its edge) and end (the merge into the tree, the U-turn check over the whole
+trajectory) happen inside the run. The only host sync is "has every chain stopped?" after each run.
+
+Within a doubling of 2^d leapfrog steps the proposal is drawn multinomially (progressive uniform sampling
+over the leaves), the generalised U-turn criterion is checked at each completed sub-subtree through
+momentum checkpoints indexed by the leaf's bits, and a leaf whose energy error passes 1,000 is a
+divergence. A subtree that turns or diverges is rejected and ends that chain's trajectory; a valid one
+replaces the proposal with probability min(1, w_new / w_old) (biased progressive sampling), as in Stan.
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ from typing import NamedTuple
 
 import torch
 
-from ._random import ChainRandom
+from ._random import ChainRandom, uniforms
 
 MAX_ENERGY_ERROR = 1000.0
 SLOTS = 64  # random-counter slots per transition: the momentum, then one per doubling
-LEAVES_PER_CALL = 2  # leapfrog steps per call of the compiled leaf step: they share its fixed cost
+LEAVES_PER_CALL = 8  # leapfrog steps per call of the compiled step (a power of 2): they share its fixed cost
 
 
 class Point(NamedTuple):
@@ -95,114 +100,181 @@ def _checkpoints(leaf: int) -> tuple[int, int]:
     return high - trailing + 1, high
 
 
-@lru_cache(maxsize=4096)
-def slot_masks(first: int, leaves: int, slots: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which checkpoint slot each of the leaves ``first .. first + leaves - 1`` stores (even leaves) and
-    which it checks against (odd leaves), as (leaves, slots) masks: tensors rather than Python branches,
-    so that one compiled run of leaves serves every run of that length."""
-    index = torch.arange(slots, device=device)
-    store, check = [], []
+class Schedule(NamedTuple):
+    """Where each leaf of a run falls in the trajectory, one row per leaf: the random counter of its
+    doubling (an offset from the transition's) and the three columns it draws, whether it is a leaf of the
+    tree at all, whether it opens or closes its doubling, and which checkpoint slots it stores (even leaves of
+    a doubling) and checks against (odd ones)."""
+
+    counter: torch.Tensor
+    columns: torch.Tensor
+    live: torch.Tensor
+    opens: torch.Tensor
+    closes: torch.Tensor
+    store: torch.Tensor
+    check: torch.Tensor
+
+
+@lru_cache(maxsize=1024)
+def schedule(first: int, leaves: int, slots: int, device: torch.device) -> Schedule:
+    """The schedule of the trajectory's leaves ``first .. first + leaves - 1``. Doubling d is leaves
+    2^d - 1 .. 2^(d+1) - 2; it draws at counter offset 1 + d: column 1 its direction, column 2 the
+    acceptance of its subtree, column 3 + j the proposal test of its leaf j. Leaf -1 is no leaf: it pads a
+    run, and changes nothing."""
+    index = torch.arange(slots)
+    none = torch.zeros(slots, dtype=torch.bool)
+    rows = []
     for leaf in range(first, first + leaves):
-        low, high = _checkpoints(leaf)
-        store.append(index == high if leaf % 2 == 0 else torch.zeros_like(index, dtype=torch.bool))
-        check.append((index >= low) & (index <= high) if leaf % 2 else torch.zeros_like(index, dtype=torch.bool))
-    return torch.stack(store), torch.stack(check)
+        depth = max(leaf + 1, 1).bit_length() - 1
+        j = max(leaf, 0) + 1 - 2**depth
+        low, high = _checkpoints(j)
+        rows.append((1 + depth, (1, 2, 3 + j), leaf >= 0, leaf >= 0 and j == 0, leaf >= 0 and j == 2**depth - 1,
+                     index == high if leaf >= 0 and j % 2 == 0 else none,
+                     (index >= low) & (index <= high) if j % 2 else none))
+    counter, columns, live, opens, closes, store, check = zip(*rows, strict=True)
+    flags = (torch.tensor(f, device=device) for f in (counter, columns, live, opens, closes))
+    return Schedule(*flags, torch.stack(store).to(device), torch.stack(check).to(device))
+
+
+def leaf_runs(max_tree_depth: int) -> list[tuple[int, int]]:
+    """(first leaf, leaves) of each call: LEAVES_PER_CALL at a time (all of a smaller tree), so that one
+    compiled step serves every run. The first run starts at the padding leaf -1, so that every doubling from
+    LEAVES_PER_CALL leaves on starts a run (and the host can stop at its end)."""
+    total = 2**max_tree_depth - 1
+    if total < LEAVES_PER_CALL:
+        return [(0, total)]
+    return [(first, LEAVES_PER_CALL) for first in range(-1, total, LEAVES_PER_CALL)]
+
+
+def subtree_slots(max_tree_depth: int) -> int:
+    """Checkpoint slots for the largest subtree, 2^(max_tree_depth - 1) leaves: one compiled step for all."""
+    return max(max_tree_depth - 1, 1)
 
 
 class Subtree(NamedTuple):
+    """The doubling under way: its last leaf, proposal, log weight, momentum sum, whether it turned or
+    diverged inside, and the momenta at its checkpoints, their velocities and the running sums there
+    (slots, C, D)."""
+
     last: Point
     proposal: Point
     log_weight: torch.Tensor
     r_sum: torch.Tensor
-    invalid: torch.Tensor  # turned or diverged inside
-    diverging: torch.Tensor
-    n_steps: torch.Tensor
-    accept_sum: torch.Tensor
-    alive: torch.Tensor  # still extending
-    saved_r: torch.Tensor  # (slots, C, D) momenta at the checkpoints, their velocities, the running sums
+    invalid: torch.Tensor
+    saved_r: torch.Tensor
     saved_v: torch.Tensor
     saved_sum: torch.Tensor
 
 
-def empty_subtree(edge: Point, slots: int) -> Subtree:
-    """A subtree of no leaves at ``edge``. No two of its tensors share memory: a compiled leaf is
-    specialised to how its inputs alias, and every later leaf gets distinct ones."""
-    alive = torch.ones_like(edge.logp, dtype=torch.bool)
-    return Subtree(edge, Point(*(a.clone() for a in edge)), torch.full_like(edge.logp, -torch.inf),
-                   torch.zeros_like(edge.r), ~alive, ~alive, torch.zeros_like(edge.logp), torch.zeros_like(edge.logp),
-                   alive, *(edge.r.new_zeros(slots, *edge.r.shape) for _ in range(3)))
+class Tree(NamedTuple):
+    """A transition under way for every chain: the trajectory's ends, its proposal, log weight and momentum
+    sum, whether it still doubles, and the doubling being built."""
+
+    left: Point
+    right: Point
+    proposal: Point
+    log_weight: torch.Tensor
+    r_sum: torch.Tensor
+    active: torch.Tensor
+    forward: torch.Tensor  # the direction of the doubling under way
+    diverging: torch.Tensor
+    depth: torch.Tensor
+    n_steps: torch.Tensor
+    accept_sum: torch.Tensor
+    sub: Subtree
 
 
-def grow(tree: Subtree, step: torch.Tensor, inverse_mass: torch.Tensor, energy0: torch.Tensor,
-         log_u: torch.Tensor, store: torch.Tensor, check: torch.Tensor, density: Density) -> Subtree:
-    """One more leaf of every chain's subtree: a leapfrog step, multinomial sampling of the proposal, and
-    the U-turn checks at the checkpoints the leaf closes. A chain that is no longer alive keeps its tree."""
-    alive = tree.alive
-    new = leapfrog(tree.last, step, inverse_mass, density)
+def start_tree(start: Point, slots: int) -> Tree:
+    """A trajectory of one point. No two of its tensors share memory: a compiled step is specialised to how
+    its inputs alias, and every later call gets distinct ones."""
+    copy = lambda: Point(*(a.clone() for a in start))  # noqa: E731
+    logp = start.logp
+    true = torch.ones_like(logp, dtype=torch.bool)
+    sub = Subtree(copy(), copy(), torch.full_like(logp, -torch.inf), torch.zeros_like(start.r), ~true,
+                  *(start.r.new_zeros(slots, *start.r.shape) for _ in range(3)))
+    return Tree(start, copy(), copy(), torch.zeros_like(logp), start.r.clone(), true, true.clone(), ~true,
+                torch.zeros_like(logp, dtype=torch.long), torch.zeros_like(logp), torch.zeros_like(logp), sub)
+
+
+def grow(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, energy0: torch.Tensor,
+         u: torch.Tensor, at: Schedule, density: Density) -> Tree:
+    """One more leaf of every chain's trajectory, where ``at`` (one row of a Schedule) puts it: a new
+    doubling's start, a leapfrog step, multinomial sampling of the proposal, the U-turn checks at the
+    checkpoints the leaf closes, and at a doubling's end its merge into the tree. ``u`` (C, 3): the
+    uniforms of its columns. A chain that has stopped keeps its tree."""
+    opens = at.opens.expand_as(tree.active)
+    forward = torch.where(opens, u[:, 0] < 0.5, tree.forward)
+    sub = tree.sub
+    last = tree.right.where(forward, tree.left).where(opens, sub.last)
+    sub_weight = torch.where(opens, -torch.inf, sub.log_weight)
+    sub_r_sum = torch.where(opens.unsqueeze(-1), 0.0, sub.r_sum)
+    invalid = sub.invalid & ~opens
+    alive = tree.active & ~invalid & at.live
+
+    new = leapfrog(last, torch.where(forward, step_size, -step_size), inverse_mass, density)
     v = velocity(inverse_mass, new.r)
     error = torch.nan_to_num(-new.logp + 0.5 * (new.r * v).sum(-1) - energy0, nan=torch.inf)
-    diverging = tree.diverging | (alive & (error > MAX_ENERGY_ERROR))
-    total = torch.logaddexp(tree.log_weight, -error)
-    proposal = new.where(alive & (log_u < -error - total), tree.proposal)
-    r_sum = torch.where(alive.unsqueeze(-1), tree.r_sum + new.r, tree.r_sum)
-    put = store.view(-1, 1, 1)
-    saved_r = torch.where(put, new.r, tree.saved_r)
-    saved_v = torch.where(put, v, tree.saved_v)
-    saved_sum = torch.where(put, r_sum, tree.saved_sum)
-    span = r_sum - saved_sum + saved_r  # (slots, C, D): the momenta of each sub-subtree this leaf closes
-    turned = (is_turning(saved_v, v, span) & check.view(-1, 1)).any(0)
-    invalid = tree.invalid | (alive & turned) | diverging
-    return Subtree(new.where(alive, tree.last), proposal, torch.where(alive, total, tree.log_weight), r_sum,
-                   invalid, diverging, tree.n_steps + alive, tree.accept_sum + torch.where(
-                       alive, torch.exp(-error).clamp(max=1.0), 0.0), alive & ~invalid, saved_r, saved_v, saved_sum)
+    diverged = alive & (error > MAX_ENERGY_ERROR)
+    total = torch.logaddexp(sub_weight, -error)
+    sub_proposal = new.where(alive & (u[:, 2].log() < -error - total), sub.proposal)
+    sub_r_sum = torch.where(alive.unsqueeze(-1), sub_r_sum + new.r, sub_r_sum)
+    put = at.store.view(-1, 1, 1)
+    saved_r = torch.where(put, new.r, sub.saved_r)
+    saved_v = torch.where(put, v, sub.saved_v)
+    saved_sum = torch.where(put, sub_r_sum, sub.saved_sum)
+    span = sub_r_sum - saved_sum + saved_r  # (slots, C, D): the momenta of each sub-subtree this leaf closes
+    turned = (is_turning(saved_v, v, span) & at.check.view(-1, 1)).any(0)
+    invalid = invalid | (alive & turned) | diverged
+    last = new.where(alive, last)
+    sub_weight = torch.where(alive, total, sub_weight)
+    sub = Subtree(last, sub_proposal, sub_weight, sub_r_sum, invalid, saved_r, saved_v, saved_sum)
+
+    # the doubling's end: its subtree joins the trajectory if it is valid, and the whole may have turned
+    closes = at.closes.expand_as(tree.active)
+    was = tree.active
+    right = last.where(was & forward, tree.right)
+    left = last.where(was & ~forward, tree.left)
+    valid = was & ~invalid
+    proposal = sub_proposal.where(valid & (u[:, 1].log() < sub_weight - tree.log_weight), tree.proposal)
+    log_weight = torch.where(valid, torch.logaddexp(tree.log_weight, sub_weight), tree.log_weight)
+    r_sum = torch.where(valid.unsqueeze(-1), tree.r_sum + sub_r_sum, tree.r_sum)
+    active = valid & ~is_turning(velocity(inverse_mass, left.r), velocity(inverse_mass, right.r), r_sum)
+    closed = Tree(left, right, proposal, log_weight, r_sum, active, forward, tree.diverging, tree.depth + was,
+                  tree.n_steps, tree.accept_sum, sub)
+    still = tree._replace(forward=forward, sub=sub)
+    tree = Tree(*(_where(closes, a, b) for a, b in zip(closed, still, strict=True)))
+    return tree._replace(diverging=tree.diverging | diverged, n_steps=tree.n_steps + alive,
+                         accept_sum=tree.accept_sum + torch.where(alive, torch.exp(-error).clamp(max=1.0), 0.0))
 
 
-def grow_leaves(tree: Subtree, step: torch.Tensor, inverse_mass: torch.Tensor, energy0: torch.Tensor,
-                log_u: torch.Tensor, store: torch.Tensor, check: torch.Tensor, density: Density) -> Subtree:
-    """``len(log_u)`` more leaves (a row of ``log_u``, ``store`` and ``check`` each) in one call: compiled,
-    one launch runs several leapfrog steps, and the call's fixed cost is shared by them."""
-    for leaf in range(log_u.shape[0]):
-        tree = grow(tree, step, inverse_mass, energy0, log_u[leaf], store[leaf], check[leaf], density)
+def _where(mask: torch.Tensor, a, b):
+    """``a`` for the chains in ``mask`` (C,), ``b`` elsewhere, through (named) tuples of (C, ...) tensors."""
+    if isinstance(a, torch.Tensor):
+        return a if a is b else torch.where(mask.view(-1, *[1] * (a.dim() - 1)), a, b)
+    return type(a)(*(_where(mask, x, y) for x, y in zip(a, b, strict=True)))
+
+
+def grow_leaves(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, energy0: torch.Tensor,
+                keys: torch.Tensor, base: torch.Tensor, run: Schedule, density: Density) -> Tree:
+    """A run of leaves (the rows of ``run``) in one call: compiled, one launch runs several leapfrog steps
+    and the doublings' bookkeeping between them, and the call's fixed cost is shared by them."""
+    u = uniforms(keys, base + run.counter, run.columns, tree.log_weight.dtype)  # (C, leaves, 3)
+    for leaf in range(run.counter.shape[0]):
+        tree = grow(tree, step_size, inverse_mass, energy0, u[:, leaf], Schedule(*(a[leaf] for a in run)), density)
     return tree
 
 
-def leaves_per_call(num_leaves: int) -> int:
-    """How many leaves one call of the leaf step grows: all of a small subtree, else LEAVES_PER_CALL."""
-    return min(num_leaves, LEAVES_PER_CALL)
-
-
-def run_lengths(max_tree_depth: int) -> list[int]:
-    """The lengths of run (leaves per call) that trees up to ``max_tree_depth`` ask the leaf step for."""
-    return sorted({leaves_per_call(2**depth) for depth in range(max_tree_depth)})
-
-
-def example_leaves(point: Point, inverse_mass: torch.Tensor, leaves: int, slots: int) -> tuple:
-    """Arguments of the leaf step for a run of ``leaves`` from ``point``, laid out as every later run's: what
-    a compiled run is traced at."""
+def example_leaves(point: Point, inverse_mass: torch.Tensor, keys: torch.Tensor, first: int, leaves: int,
+                   slots: int) -> tuple:
+    """Arguments of the leaf step for the run of ``leaves`` from leaf ``first``, laid out as every later
+    run's: what a compiled run is traced at."""
     start = Point(point.z, torch.ones_like(point.z), point.logp, point.grad)
-    log_u = point.logp.new_zeros(leaves, *point.logp.shape)
-    return (empty_subtree(start, slots), torch.full_like(point.logp, 1e-3), inverse_mass,
-            -point.logp + 0.5 * point.z.shape[1], log_u, *slot_masks(0, leaves, slots, point.z.device))
+    base = torch.zeros((), dtype=torch.int64, device=point.z.device)
+    return (start_tree(start, slots), torch.full_like(point.logp, 1e-3), inverse_mass,
+            -point.logp + 0.5 * point.z.shape[1], keys, base, schedule(first, leaves, slots, point.z.device))
 
 
-def subtree_slots(max_tree_depth: int) -> int:
-    """Checkpoint slots for the largest subtree, 2^(max_tree_depth - 1) leaves: one compiled leaf for all."""
-    return max(max_tree_depth - 1, 1)
-
-
-Grow = Callable[..., Subtree]  # grow_leaves() with the density bound: eager, or compiled with it as one graph
-
-
-def build_subtree(edge: Point, step: torch.Tensor, num_leaves: int, energy0: torch.Tensor, uniforms: torch.Tensor,
-                  inverse_mass: torch.Tensor, grow_leaf: Grow, slots: int) -> Subtree:
-    """``num_leaves`` leapfrog steps from ``edge``; a chain stops extending once its subtree is invalid."""
-    tree = empty_subtree(edge, slots)
-    log_u = uniforms.log().T.clone(memory_format=torch.contiguous_format)  # rows, every one laid out alike
-    run = leaves_per_call(num_leaves)
-    for first in range(0, num_leaves, run):
-        store, check = slot_masks(first, run, slots, edge.z.device)
-        tree = grow_leaf(tree, step, inverse_mass, energy0, log_u[first:first + run], store, check)
-    return tree
+Grow = Callable[..., Tree]  # grow_leaves() with the density bound: eager, or compiled with it as one graph
 
 
 @dataclass
@@ -217,40 +289,22 @@ class Transition:
     acceptance_rate: torch.Tensor
 
 
-def nuts_transition(start: Point, step_size: torch.Tensor, metric: Metric, grow_leaf: Grow,
+def nuts_transition(start: Point, step_size: torch.Tensor, metric: Metric, grow_run: Grow,
                     random: ChainRandom, counter: int, max_tree_depth: int) -> Transition:
     """One NUTS iteration of every chain from ``start`` (its momenta are ignored and redrawn)."""
-    chains, dim = start.z.shape
-    r0 = metric.momentum(random.normal(counter * SLOTS, dim, start.z.dtype))
+    r0 = metric.momentum(random.normal(counter * SLOTS, start.z.shape[1], start.z.dtype))
     start = Point(start.z, r0, start.logp, start.grad)
     energy0 = -start.logp + metric.kinetic(r0)
-    left = right = proposal = start
-    log_weight = torch.zeros_like(start.logp)
-    r_sum = r0
-    active = torch.ones(chains, dtype=torch.bool, device=start.z.device)
-    diverging = torch.zeros_like(active)
-    depth = torch.zeros(chains, dtype=torch.long, device=start.z.device)
-    n_steps = torch.zeros_like(start.logp)
-    accept_sum = torch.zeros_like(start.logp)
-    for d in range(max_tree_depth):
-        u = random.uniform(counter * SLOTS + 1 + d, 2 + 2**d, start.z.dtype)
-        forward = u[:, 0] < 0.5
-        edge = right.where(forward, left)
-        sub = build_subtree(edge, torch.where(forward, step_size, -step_size), 2**d, energy0, u[:, 2:],
-                            metric.inverse_mass, grow_leaf, subtree_slots(max_tree_depth))
-        n_steps = n_steps + torch.where(active, sub.n_steps, 0.0)
-        accept_sum = accept_sum + torch.where(active, sub.accept_sum, 0.0)
-        diverging = diverging | (active & sub.diverging)
-        depth = depth + active
-        right = sub.last.where(active & forward, right)
-        left = sub.last.where(active & ~forward, left)
-        valid = active & ~sub.invalid
-        proposal = sub.proposal.where(valid & (u[:, 1].log() < sub.log_weight - log_weight), proposal)
-        log_weight = torch.where(valid, torch.logaddexp(log_weight, sub.log_weight), log_weight)
-        r_sum = torch.where(valid.unsqueeze(-1), r_sum + sub.r_sum, r_sum)
-        m = metric.inverse_mass
-        active = valid & ~is_turning(velocity(m, left.r), velocity(m, right.r), r_sum)
-        if not bool(active.any()):  # the one host sync of a doubling
+    slots = subtree_slots(max_tree_depth)
+    tree = start_tree(start, slots)
+    base = torch.tensor(counter * SLOTS, dtype=torch.int64, device=start.z.device)
+    for first, leaves in leaf_runs(max_tree_depth):
+        tree = grow_run(tree, step_size, metric.inverse_mass, energy0, random.keys, base,
+                        schedule(first, leaves, slots, start.z.device))
+        if not bool((tree.active & ~tree.sub.invalid).any()):  # the one host sync of a run
+            # every chain stopped, some inside a doubling that then counts towards their depth
+            tree = tree._replace(depth=tree.depth + tree.active)
             break
-    return Transition(proposal, diverging, depth, n_steps, -proposal.logp + metric.kinetic(proposal.r),
-                      accept_sum / n_steps.clamp(min=1))
+    proposal = tree.proposal
+    return Transition(proposal, tree.diverging, tree.depth, tree.n_steps, -proposal.logp + metric.kinetic(proposal.r),
+                      tree.accept_sum / tree.n_steps.clamp(min=1))
