@@ -1,11 +1,13 @@
 """Sparse variational and deep GPs: the exact GP as the limit, shapes through layers, bad input."""
 
+import gpytorch
 import pytest
 import torch
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
 import zoo
+from zoo.models.gp_exact import unit_kernel
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +151,14 @@ def test_svgp_classifies_xor(likelihood):
     post = zoo.fit(zm, (x, y), num_steps=600, seed=0, num_samples=50, progress=False)
     scores = post.evaluate((x, y))
     assert scores["accuracy"] > 0.9 and scores["nll"] < 0.45
+
+
+@pytest.mark.parametrize("kernel, gpytorch_kernel", [("rbf", gpytorch.kernels.RBFKernel),
+                                                     ("matern52", lambda: gpytorch.kernels.MaternKernel(nu=2.5))])
+def test_gp_exact_kernels_are_gpytorchs(kernel, gpytorch_kernel):
+    a, b = torch.randn(2, 7, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
+    reference = gpytorch_kernel().double()
+    reference.lengthscale = 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(unit_kernel(kernel, a, b), reference(a, b).to_dense())
+        torch.testing.assert_close(unit_kernel(kernel, a, a, same=True), reference(a, a).to_dense())

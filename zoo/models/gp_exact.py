@@ -3,7 +3,8 @@ fully Bayesian GP of GPyTorch's example), predicting through the GP conditional 
 
 from __future__ import annotations
 
-import gpytorch
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -21,15 +22,13 @@ JITTER = 1e-5
 class ExactGP:
     """y ~ N(0, s^2 k(X / l, X / l) + noise^2 I) with log-normal priors on l (one per input), s and noise.
 
-    The kernel is GPyTorch's RBF or Matern-5/2 at unit lengthscale applied to inputs divided by the
-    sampled lengthscales, so a whole batch of hyperparameter draws runs as one vectorised pass.
+    The kernel (RBF or Matern-5/2, as GPyTorch's) is applied to inputs divided by the sampled lengthscales, so
+    a whole batch of hyperparameter draws runs as one vectorised pass. It is written here in tensor operations
+    only: GPyTorch's kernels test their two inputs for equality, which a traced density cannot follow.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, kernel: str):
-        self.x, self.y = x, y
-        base = gpytorch.kernels.RBFKernel() if kernel == "rbf" else gpytorch.kernels.MaternKernel(nu=2.5)
-        base.lengthscale = 1.0
-        self.kernel = base.requires_grad_(False)
+        self.x, self.y, self.kernel = x, y, kernel
 
     def hyperparameters(self, device):
         d = self.x.shape[1]
@@ -41,14 +40,14 @@ class ExactGP:
         draws = lengthscale.shape[:-2]
         return lengthscale, outputscale.reshape(*draws, 1, 1), noise.reshape(*draws, 1)
 
-    def covariance(self, a, b, lengthscale, outputscale):
-        self.kernel.to(a.device)
-        return outputscale * self.kernel.forward(a / lengthscale, b / lengthscale)
+    def covariance(self, a, b, lengthscale, outputscale, same: bool = False):
+        """s^2 k(a / l, b / l); ``same``: a is b, whose distances on the diagonal are exactly 0."""
+        return outputscale * unit_kernel(self.kernel, a / lengthscale, b / lengthscale, same)
 
     def model(self, x, y=None):
         """The marginal likelihood of the training targets: one joint Gaussian over all points."""
         lengthscale, outputscale, noise = self.hyperparameters(x.device)
-        k = self.covariance(x, x, lengthscale, outputscale)
+        k = self.covariance(x, x, lengthscale, outputscale, same=True)
         k = k + (noise.unsqueeze(-1) ** 2 + JITTER) * torch.eye(x.shape[0], device=x.device)
         return pyro.sample("y", dist.MultivariateNormal(torch.zeros(x.shape[0], device=x.device), k), obs=y)
 
@@ -56,7 +55,7 @@ class ExactGP:
         """New points given the training data: y* ~ N(mean*, var* + noise^2) independently per point."""
         lengthscale, outputscale, noise = self.hyperparameters(x.device)
         train = self.x.to(x.device)
-        k = self.covariance(train, train, lengthscale, outputscale)
+        k = self.covariance(train, train, lengthscale, outputscale, same=True)
         chol = torch.linalg.cholesky(k + (noise.unsqueeze(-1) ** 2 + JITTER) * torch.eye(len(train), device=x.device))
         k_star = self.covariance(train, x, lengthscale, outputscale)                         # (..., n, m)
         a = torch.linalg.solve_triangular(chol, k_star, upper=False)
@@ -66,6 +65,18 @@ class ExactGP:
         with pyro.plate("data", x.shape[0]) as idx:
             return pyro.sample("y", dist.Normal(mean[..., idx], (var + noise**2).sqrt()[..., idx]),
                                obs=None if y is None else y[idx])
+
+
+def unit_kernel(kernel: str, a: torch.Tensor, b: torch.Tensor, same: bool = False) -> torch.Tensor:
+    """The RBF or Matern-5/2 kernel at unit lengthscale and scale between the rows of a (..., n, D) and
+    b (..., m, D), by |a|^2 + |b|^2 - 2 a.b as GPyTorch computes it (its diagonal set to 0 when a is b)."""
+    d2 = (a.pow(2).sum(-1, keepdim=True) + b.pow(2).sum(-1).unsqueeze(-2) - 2 * a @ b.mT).clamp_min(0)
+    if same:
+        d2 = d2 * (1 - torch.eye(a.shape[-2], dtype=a.dtype, device=a.device))
+    if kernel == "rbf":
+        return torch.exp(-0.5 * d2)
+    d = math.sqrt(5) * d2.clamp_min(1e-30).sqrt()
+    return (1 + d + d**2 / 3) * torch.exp(-d)
 
 
 @register_model("gp-exact", task="regression", family="gaussian-process",
