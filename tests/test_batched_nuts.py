@@ -10,7 +10,8 @@ import zoo
 from zoo.inference._random import ChainRandom
 from zoo.inference.adaptation import MassEstimate, warmup_windows
 from zoo.inference.chees import _ChEESRun, halton
-from zoo.inference.trajectory import Point, _checkpoints
+from zoo.inference.trajectory import (LEAVES_PER_CALL, Metric, Point, _checkpoints, grow, leaf_runs, schedule,
+                                      start_tree)
 
 
 def test_warmup_windows_are_stans():
@@ -32,6 +33,28 @@ def test_checkpoints_cover_every_completed_subtree():
                 continue
             closed = {leaf - 2**k + 1 for k in range(1, depth + 1) if (leaf + 1) % 2**k == 0}
             assert {slots[s] for s in range(low, high + 1)} == closed
+
+
+def test_runs_of_leaves_cover_the_tree_and_start_at_its_doublings():
+    for depth in range(1, 11):
+        runs = leaf_runs(depth)
+        leaves = [leaf for first, n in runs for leaf in range(first, first + n)]
+        assert [leaf for leaf in leaves if leaf >= 0] == list(range(2**depth - 1))  # each leaf once, in order
+        assert len({n for _, n in runs}) == 1  # one compiled step serves them all
+        starts = {first for first, _ in runs}
+        assert {2**d - 1 for d in range(depth) if 2**d >= LEAVES_PER_CALL} <= starts  # the host can stop there
+
+
+def test_the_padding_leaf_changes_nothing():
+    z = torch.randn(3, 2)
+    start = Point(z, torch.randn(3, 2), -z.pow(2).sum(-1), -2 * z)
+    tree = start_tree(start, slots=3)
+    pad = schedule(-1, 1, 3, z.device)
+    assert not bool(pad.live[0]) and not bool(pad.opens[0]) and not bool(pad.closes[0])
+    moved = grow(tree, torch.full((3,), 0.1), Metric(torch.ones(3, 2)).inverse_mass, -start.logp,
+                 torch.rand(3, 3), type(pad)(*(a[0] for a in pad)), lambda z: (-z.pow(2).sum(-1), -2 * z))
+    for a, b in zip(torch.utils._pytree.tree_leaves(tree), torch.utils._pytree.tree_leaves(moved), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_chain_numbers_do_not_depend_on_the_batch():
