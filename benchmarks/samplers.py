@@ -4,10 +4,9 @@ same models (NumPyro twins written here line by line from the zoo's models; same
 
 For each model and sampler: microseconds per leapfrog step per chain (sampling wall time, warmup included,
 over the leapfrog steps all chains took), minimum bulk ESS over every coordinate, and that ESS per second
-of wall time. NumPyro is timed warm (a run after one that compiled, less a 10 + 10 run: the tracing and
-dispatch every ``run`` repeats; for a cheap model, the extra draws of a 10x longer run) and cold; the zoo's
-time is its sampling loop, after the one-off trace and compilation. The steps of NumPyro and pyro-nuts are
-counted over the draws and scaled to the warmup (the table says which rows are scaled).
+of wall time. NumPyro is timed warm (its NUTS kernel in one jitted scan over warmup and draws, the second
+call) and cold (with the compile); the zoo's time is its sampling loop, after the one-off trace and
+compilation. pyro-nuts steps are counted over the draws from tree depths and scaled to the warmup.
 
     pip install -e ".[bench]"         # numpyro, jax, jaxlib: references only, never used by the package
     python benchmarks/samplers.py      # writes benchmarks/results/samplers.{json,md}
@@ -164,41 +163,41 @@ def run_zoo(problem: Problem, backend: str, chains: int, warmup: int, draws: int
 
 
 def run_numpyro(problem: Problem, chains: int, warmup: int, draws: int, method: str) -> dict:
+    """NumPyro's NUTS kernel stepped by one jitted scan over warmup and draws (what ``MCMC.run`` compiles),
+    timed on its second call; ``MCMC.run`` itself initialises and traces again on every call, seconds
+    whatever the run's length. Bulk ESS is computed on the unconstrained draws: it is rank-based, so the
+    same as on the constrained ones."""
     import jax
-    from numpyro.infer import MCMC, NUTS
+    from numpyro.infer import NUTS
 
     args = tuple(jax.numpy.asarray(a.numpy()) for a in problem.args)
-    def run(num_warmup, num_samples):
-        mcmc = MCMC(NUTS(problem.numpyro_model, max_tree_depth=problem.max_tree_depth), num_warmup=num_warmup,
-                    num_samples=num_samples, num_chains=chains, chain_method=method, progress_bar=False)
-        start = time.perf_counter()
-        mcmc.run(jax.random.PRNGKey(0), *args, extra_fields=("num_steps",))
-        samples = jax.block_until_ready(mcmc.get_samples(group_by_chain=True))
-        return mcmc, samples, time.perf_counter() - start
+    kernel = NUTS(problem.numpyro_model, max_tree_depth=problem.max_tree_depth)
+    keys = jax.random.split(jax.random.PRNGKey(0), chains)
+    vectorized = method == "vectorized"
+    def step(state):  # initialised with a batch of keys, the kernel steps its chains vmapped (as MCMC.run)
+        return kernel.sample(state, args, {})
 
-    def draw_steps(mcmc):  # only the draws' steps are kept (a separate warmup() call would compile again)
-        return int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    @jax.jit
+    def sample(state):
+        def body(state, _):
+            state = step(state)
+            return state, (state.z, state.num_steps)
+        return jax.lax.scan(body, state, None, length=warmup + draws)[1]
 
-    _, _, cold = run(warmup, draws)  # compiles
-    # every run() traces and dispatches again (seconds, whatever its length): a 10 + 10 run measures that,
-    # and is taken off, so that NumPyro's time is its sampling alone
-    _, _, fixed = run(10, 10)
-    mcmc, samples, seconds = run(warmup, draws)
-    steps, how = draw_steps(mcmc) * (warmup + draws) / draws, "scaled from draws"
-    if seconds - fixed < 0.2 * seconds:  # sampling lost in that fixed cost: time the extra draws of longer runs
-        for factor in (10, 100):
-            longer, _, long_seconds = run(warmup, factor * draws)
-            if long_seconds - seconds > 0.5 * long_seconds:  # the extra draws took most of the longer run
-                break
-        per_step = max(long_seconds - seconds, 1e-3) / max(draw_steps(longer) - draw_steps(mcmc), 1)
-        how = f"scaled from draws; time from a {factor}x longer run"
-        if long_seconds - seconds < 0.05 * long_seconds:
-            how += " (not measurable: it was no slower)"
-        seconds = per_step * steps
-    else:
-        seconds = seconds - fixed
-    samples = {k: np.asarray(v) for k, v in samples.items()}
-    return _row(problem, f"numpyro ({method})", chains, seconds, cold, steps, samples, how)
+    starts = [kernel.init(keys, warmup, None, args, {})] if vectorized else [
+        kernel.init(key, warmup, None, args, {}) for key in keys]
+    start = time.perf_counter()
+    jax.block_until_ready(sample(starts[0]))  # compiles
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    runs = [jax.block_until_ready(sample(state)) for state in starts]
+    seconds = time.perf_counter() - start
+    steps = sum(int(np.asarray(n).sum()) for _, n in runs)
+    # (draw, chain, ...) per run: one run of C chains, or C runs of one
+    draws_of = [{k: np.asarray(v)[warmup:] for k, v in z.items()} for z, _ in runs]
+    samples = {k: (np.swapaxes(draws_of[0][k], 0, 1) if vectorized else np.stack([d[k] for d in draws_of]))
+               for k in draws_of[0]}
+    return _row(problem, f"numpyro ({method})", chains, seconds, cold + seconds, steps, samples, "counted")
 
 
 def _row(problem, sampler, chains, seconds, wall, steps, samples, how) -> dict:
