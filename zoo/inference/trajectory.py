@@ -41,8 +41,7 @@ class Point(NamedTuple):
 
     def where(self, mask: torch.Tensor, other: Point) -> Point:
         """This point for the chains in ``mask``, ``other`` elsewhere."""
-        pairs = zip(self, other, strict=True)
-        return Point(*(torch.where(mask.view(-1, *[1] * (a.dim() - 1)), a, b) for a, b in pairs))
+        return _where(mask, self, other)
 
 
 def velocity(inverse_mass: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
