@@ -139,7 +139,12 @@ def test_ctrl_c_ends_the_loop_after_the_step_under_way():
         finished.append(t)
         return 1.0
 
-    status = run_steps(100, step, "svi", progress=False)
-    assert finished == [0, 1, 2, 3] and status.steps_done == 4
-    assert status.interrupted == "svi: interrupted at step 4 of 100"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    # a runner started in the background ignores SIGINT, and its children inherit that: the test sets Python's own
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        status = run_steps(100, step, "svi", progress=False)
+        assert finished == [0, 1, 2, 3] and status.steps_done == 4
+        assert status.interrupted == "svi: interrupted at step 4 of 100"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    finally:
+        signal.signal(signal.SIGINT, previous)
