@@ -13,8 +13,8 @@ from ._errors import DiagnosticWarning, ZooWarning
 from .plots import predictive_plot, trace_plot
 
 # hidden=[20], trees of depth 8 and the compiled leaf keep NUTS (4 chains as one batch) to about 20 s on 2 CPU
-# cores (50 s with a cold compile cache). Deeper trees or more chains do not bring the chains together: they
-# sit in different modes of the network's weights (R-hat about 1.8 on the noise precision).
+# cores (60-75 s with a cold compile cache). Deeper trees or more chains do not bring the chains together: they
+# sit in different modes of the network's weights (R-hat 1.5-1.8 on the noise precision).
 SETTINGS = {
     "svi": dict(num_steps=3000, guide="mean-field"),
     "laplace": dict(),  # bnn's defaults: diagonal Fisher, 3 rounds of MAP + evidence-tuned prior
