@@ -174,13 +174,11 @@ def run_numpyro(problem: Problem, chains: int, warmup: int, draws: int, method: 
     kernel = NUTS(problem.numpyro_model, max_tree_depth=problem.max_tree_depth)
     keys = jax.random.split(jax.random.PRNGKey(0), chains)
     vectorized = method == "vectorized"
-    def step(state):  # initialised with a batch of keys, the kernel steps its chains vmapped (as MCMC.run)
-        return kernel.sample(state, args, {})
 
     @jax.jit
     def sample(state):
-        def body(state, _):
-            state = step(state)
+        def body(state, _):  # initialised with a batch of keys, the kernel steps its chains vmapped (as MCMC.run)
+            state = kernel.sample(state, args, {})
             return state, (state.z, state.num_steps)
         return jax.lax.scan(body, state, None, length=warmup + draws)[1]
 

@@ -72,19 +72,15 @@ class NUTS:
     def _leaf_step(self, chains: Chains):
         """A run of leaves of the trajectory for all chains, and how the density runs in it: with
         ``density="compiled"`` the leapfrog steps, the tree's bookkeeping and the traced density as one
-        compiled graph for each length of run a tree of ``max_tree_depth`` needs."""
+        compiled graph, which serves every run of a tree (they are all one length)."""
         if self.density != "compiled":
             return chains.bind(grow_leaves)
-        slots, point = subtree_slots(self.max_tree_depth), chains.point
-        inverse_mass = identity_metric(point, self.dense_mass).inverse_mass
-        runs = {}
-        for leaves, first in {leaves: first for first, leaves in leaf_runs(self.max_tree_depth)}.items():
-            example = example_leaves(point, inverse_mass, chains.random.keys, first, leaves, slots)
-            # the new point is checked; the energy error, a difference of large numbers, differs by rounding
-            runs[leaves], mode = chains.bind(grow_leaves, example, lambda tree: tree.sub.last)
-            if mode != "compiled":
-                return runs[leaves], mode
-        return lambda *args: runs[args[-1].counter.shape[0]](*args), mode
+        first, leaves = leaf_runs(self.max_tree_depth)[0]
+        inverse_mass = identity_metric(chains.point, self.dense_mass).inverse_mass
+        example = example_leaves(chains.point, inverse_mass, chains.random.keys, first, leaves,
+                                 subtree_slots(self.max_tree_depth))
+        # the new point is checked; the energy error, a difference of large numbers, differs by rounding
+        return chains.bind(grow_leaves, example, lambda tree: tree.sub.last)
 
 
 class _NUTSRun(ChainRun):

@@ -40,14 +40,14 @@ class ExactGP:
         draws = lengthscale.shape[:-2]
         return lengthscale, outputscale.reshape(*draws, 1, 1), noise.reshape(*draws, 1)
 
-    def covariance(self, a, b, lengthscale, outputscale, same: bool = False):
-        """s^2 k(a / l, b / l); ``same``: a is b, whose distances on the diagonal are exactly 0."""
-        return outputscale * unit_kernel(self.kernel, a / lengthscale, b / lengthscale, same)
+    def covariance(self, a, b, lengthscale, outputscale):
+        """s^2 k(a / l, b / l); when a is b, the distances on the diagonal are exactly 0."""
+        return outputscale * unit_kernel(self.kernel, a / lengthscale, b / lengthscale, same=a is b)
 
     def model(self, x, y=None):
         """The marginal likelihood of the training targets: one joint Gaussian over all points."""
         lengthscale, outputscale, noise = self.hyperparameters(x.device)
-        k = self.covariance(x, x, lengthscale, outputscale, same=True)
+        k = self.covariance(x, x, lengthscale, outputscale)
         k = k + (noise.unsqueeze(-1) ** 2 + JITTER) * torch.eye(x.shape[0], device=x.device)
         return pyro.sample("y", dist.MultivariateNormal(torch.zeros(x.shape[0], device=x.device), k), obs=y)
 
@@ -55,7 +55,7 @@ class ExactGP:
         """New points given the training data: y* ~ N(mean*, var* + noise^2) independently per point."""
         lengthscale, outputscale, noise = self.hyperparameters(x.device)
         train = self.x.to(x.device)
-        k = self.covariance(train, train, lengthscale, outputscale, same=True)
+        k = self.covariance(train, train, lengthscale, outputscale)
         chol = torch.linalg.cholesky(k + (noise.unsqueeze(-1) ** 2 + JITTER) * torch.eye(len(train), device=x.device))
         k_star = self.covariance(train, x, lengthscale, outputscale)                         # (..., n, m)
         a = torch.linalg.solve_triangular(chol, k_star, upper=False)
