@@ -48,11 +48,11 @@ def test_runs_of_leaves_cover_the_tree_and_start_at_its_doublings():
 def test_the_padding_leaf_changes_nothing():
     z = torch.randn(3, 2)
     start = Point(z, torch.randn(3, 2), -z.pow(2).sum(-1), -2 * z)
-    tree = start_tree(start, slots=3)
+    tree = start_tree(start, -start.logp, slots=3)
     pad = schedule(-1, 1, 3, z.device)
     assert not bool(pad.live[0]) and not bool(pad.opens[0]) and not bool(pad.closes[0])
-    moved = grow(tree, torch.full((3,), 0.1), Metric(torch.ones(3, 2)).inverse_mass, -start.logp,
-                 torch.rand(3, 3), type(pad)(*(a[0] for a in pad)), lambda z: (-z.pow(2).sum(-1), -2 * z))
+    moved = grow(tree, torch.full((3,), 0.1), Metric(torch.ones(3, 2)).inverse_mass, torch.rand(3, 3),
+                 type(pad)(*(a[0] for a in pad)), lambda z: (-z.pow(2).sum(-1), -2 * z))
     for a, b in zip(torch.utils._pytree.tree_leaves(tree), torch.utils._pytree.tree_leaves(moved), strict=True):
         assert torch.equal(a, b)
 

@@ -37,16 +37,17 @@ class ChainRandom:
         numbers = torch.arange(first, first + chains, dtype=torch.int64, device=device)
         self.keys = _mix(_mix(torch.tensor(seed, dtype=torch.int64, device=device)) + numbers * _GOLDEN)
 
-    def uniform(self, counter: int, n: int, dtype=torch.float64) -> torch.Tensor:
-        """(C, n) uniforms in (0, 1)."""
-        device = self.keys.device
-        columns = torch.arange(1, n + 1, dtype=torch.int64, device=device)
-        return uniforms(self.keys, torch.tensor(counter, dtype=torch.int64, device=device), columns, dtype)
+    def uniform(self, counter, n: int, dtype=torch.float64) -> torch.Tensor:
+        """(C, n) uniforms in (0, 1) at an int ``counter``; (C, *S, n) at a tensor of counters of shape S."""
+        counter = torch.as_tensor(counter, dtype=torch.int64, device=self.keys.device)
+        columns = torch.arange(1, n + 1, dtype=torch.int64, device=self.keys.device)
+        return uniforms(self.keys, counter, columns.expand(*counter.shape, n), dtype)
 
-    def normal(self, counter: int, n: int, dtype=torch.float64) -> torch.Tensor:
-        """(C, n) standard normals (Box-Muller on two columns of uniforms each)."""
+    def normal(self, counter, n: int, dtype=torch.float64) -> torch.Tensor:
+        """Standard normals shaped as ``uniform``'s (Box-Muller on two columns of uniforms each): drawn at
+        many counters in one call, each is the number drawn at its counter alone."""
         u = self.uniform(counter, 2 * n, torch.float64)
-        return (torch.sqrt(-2 * torch.log(u[:, :n])) * torch.cos(2 * math.pi * u[:, n:])).to(dtype)
+        return (torch.sqrt(-2 * torch.log(u[..., :n])) * torch.cos(2 * math.pi * u[..., n:])).to(dtype)
 
 
 def uniforms(keys: torch.Tensor, counter: torch.Tensor, columns: torch.Tensor, dtype=torch.float64) -> torch.Tensor:

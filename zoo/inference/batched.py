@@ -24,6 +24,7 @@ from .trajectory import SLOTS, Metric, Point, leapfrog
 
 INIT_TRIES = 100  # jittered starts tried per chain before falling back to the model's own start
 DENSE_MAX_DIM = 2000  # a dense mass matrix per chain is D x D
+MOMENTA_BLOCK = 64  # transitions whose momenta are drawn in one call: a small draw costs its call, not its numbers
 # random-counter bases of the warmup's helpers: far above any transition's counters (t * SLOTS + slot)
 _INIT_COUNTER, _STEP_SEARCH_COUNTER = 2**50, 2**51
 
@@ -126,6 +127,18 @@ class ChainRun(ABC):
         self.stats: dict[str, list[torch.Tensor]] = {k: [] for k in self.stat_names}
         self.leapfrogs = torch.zeros(self.point.z.shape[0], dtype=torch.long, device=self.point.z.device)
         self.step_size = self.search_step_size(torch.ones_like(self.point.logp), 0)
+        self.normals, self.normals_from = None, None
+
+    def momentum(self, t: int) -> torch.Tensor:
+        """Iteration t's momenta under the current metric, from standard normals drawn for a block of
+        iterations at once (each the number its counter gives alone, so a chain's stream is unchanged)."""
+        chains, dim = self.point.z.shape
+        block = max(1, min(MOMENTA_BLOCK, 2**22 // (chains * dim)))  # at most 32 MB of normals
+        first = t - t % block
+        if self.normals_from != first:
+            counters = torch.arange(first, first + block, device=self.point.z.device) * SLOTS
+            self.normals, self.normals_from = self.random.normal(counters, dim, self.point.z.dtype), first
+        return self.metric.momentum(self.normals[:, t - first])
 
     def keep(self, stats: dict[str, torch.Tensor]) -> None:
         self.draws.append(self.point.z.detach())

@@ -122,7 +122,7 @@ class _ChEESRun(ChainRun):
         h = halton(t + 1)
         step = float(self.step_size[0])
         self.num_steps = max(1, min(c.max_leapfrog_steps, math.ceil(h * self.length / step)))
-        r0 = metric.momentum(self.random.normal(t * SLOTS, start.z.shape[1], start.z.dtype))
+        r0 = self.momentum(t)
         begin = point = Point(start.z, r0, start.logp, start.grad)
         for _ in range(self.num_steps):
             point = self.leapfrog_step(point, self.step_size, metric.inverse_mass)

@@ -10,7 +10,7 @@ from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
 from .batched import ChainRun, Chains, check_chain_options, identity_metric, start_chains
-from .trajectory import SLOTS, example_leaves, grow_leaves, leaf_runs, nuts_transition, subtree_slots
+from .trajectory import SLOTS, example_leaves, first_tree, grow_leaves, nuts_transition
 
 
 @register_backend
@@ -75,10 +75,8 @@ class NUTS:
         compiled graph, which serves every run of a tree (they are all one length)."""
         if self.density != "compiled":
             return chains.bind(grow_leaves)
-        first, leaves = leaf_runs(self.max_tree_depth)[0]
         inverse_mass = identity_metric(chains.point, self.dense_mass).inverse_mass
-        example = example_leaves(chains.point, inverse_mass, chains.random.keys, first, leaves,
-                                 subtree_slots(self.max_tree_depth))
+        example = example_leaves(chains.point, inverse_mass, chains.random.keys, self.max_tree_depth)
         # the new point is checked; the energy error, a difference of large numbers, differs by rounding
         return chains.bind(grow_leaves, example, lambda tree: tree.sub.last)
 
@@ -94,11 +92,12 @@ class _NUTSRun(ChainRun):
         self.config, self.grow_run = config, grow_run
         self.adapt = DualAveraging(config.target_accept, self.step_size.log())
         self.depth = 0
+        self.tree = first_tree(self.point, config.max_tree_depth)
 
     def step(self, t: int) -> None:
         c = self.config
-        moved = nuts_transition(self.point, self.step_size, self.metric, self.grow_run, self.random, t,
-                                c.max_tree_depth)
+        self.tree, moved = nuts_transition(self.tree, self.step_size, self.metric, self.momentum(t), self.grow_run,
+                                           self.random.keys, t, c.max_tree_depth)
         self.point = moved.point
         self.depth = int(moved.tree_depth.max())
         self.leapfrogs += moved.n_steps.long()

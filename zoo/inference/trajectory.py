@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._random import ChainRandom, uniforms
+from ._random import uniforms
 
 MAX_ENERGY_ERROR = 1000.0
 SLOTS = 64  # random-counter slots per transition: the momentum, then one per doubling
@@ -113,6 +113,11 @@ class Schedule(NamedTuple):
     store: torch.Tensor
     check: torch.Tensor
 
+    @property
+    def begins(self) -> torch.Tensor:
+        """Whether the run starts a transition: its first leaf is the padding leaf, the one leaf not live."""
+        return ~self.live[0]
+
 
 @lru_cache(maxsize=1024)
 def schedule(first: int, leaves: int, slots: int, device: torch.device) -> Schedule:
@@ -137,11 +142,12 @@ def schedule(first: int, leaves: int, slots: int, device: torch.device) -> Sched
 
 def leaf_runs(max_tree_depth: int) -> list[tuple[int, int]]:
     """(first leaf, leaves) of each call: LEAVES_PER_CALL at a time (all of a smaller tree), so that one
-    compiled step serves every run. The first run starts at the padding leaf -1, so that every doubling from
-    LEAVES_PER_CALL leaves on starts a run (and the host can stop at its end)."""
+    compiled step serves every run. The first run starts at the padding leaf -1, where the transition
+    begins, so that every doubling from LEAVES_PER_CALL leaves on starts a run (and the host can stop at its
+    end)."""
     total = 2**max_tree_depth - 1
     if total < LEAVES_PER_CALL:
-        return [(0, total)]
+        return [(-1, total + 1)]
     return [(first, LEAVES_PER_CALL) for first in range(-1, total, LEAVES_PER_CALL)]
 
 
@@ -167,7 +173,8 @@ class Subtree(NamedTuple):
 
 class Tree(NamedTuple):
     """A transition under way for every chain: the trajectory's ends, its proposal, log weight and momentum
-    sum, whether it still doubles, and the doubling being built."""
+    sum, whether it still doubles, the doubling being built, and the energy the trajectory started at.
+    Between transitions the proposal is the chain's point."""
 
     left: Point
     right: Point
@@ -181,9 +188,10 @@ class Tree(NamedTuple):
     n_steps: torch.Tensor
     accept_sum: torch.Tensor
     sub: Subtree
+    energy0: torch.Tensor
 
 
-def start_tree(start: Point, slots: int) -> Tree:
+def start_tree(start: Point, energy0: torch.Tensor, slots: int) -> Tree:
     """A trajectory of one point. No two of its tensors share memory: a compiled step is specialised to how
     its inputs alias, and every later call gets distinct ones."""
     copy = lambda: Point(*(a.clone() for a in start))  # noqa: E731
@@ -191,12 +199,20 @@ def start_tree(start: Point, slots: int) -> Tree:
     true = torch.ones_like(logp, dtype=torch.bool)
     sub = Subtree(copy(), copy(), torch.full_like(logp, -torch.inf), torch.zeros_like(start.r), ~true,
                   *(start.r.new_zeros(slots, *start.r.shape) for _ in range(3)))
-    return Tree(start, copy(), copy(), torch.zeros_like(logp), start.r.clone(), true, true.clone(), ~true,
-                torch.zeros_like(logp, dtype=torch.long), torch.zeros_like(logp), torch.zeros_like(logp), sub)
+    return Tree(copy(), copy(), copy(), torch.zeros_like(logp), start.r.clone(), true, true.clone(), ~true,
+                torch.zeros_like(logp, dtype=torch.long), torch.zeros_like(logp), torch.zeros_like(logp), sub,
+                energy0.clone())
 
 
-def grow(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, energy0: torch.Tensor,
-         u: torch.Tensor, at: Schedule, density: Density) -> Tree:
+def restart(tree: Tree, r0: torch.Tensor, inverse_mass: torch.Tensor) -> Tree:
+    """A new trajectory from each chain's point (the last one's proposal) with momenta ``r0``."""
+    point = tree.proposal
+    start = Point(point.z, r0, point.logp, point.grad)
+    return start_tree(start, -point.logp + kinetic(inverse_mass, r0), tree.sub.saved_r.shape[0])
+
+
+def grow(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, u: torch.Tensor, at: Schedule,
+         density: Density) -> Tree:
     """One more leaf of every chain's trajectory, where ``at`` (one row of a Schedule) puts it: a new
     doubling's start, a leapfrog step, multinomial sampling of the proposal, the U-turn checks at the
     checkpoints the leaf closes, and at a doubling's end its merge into the tree. ``u`` (C, 3): the
@@ -212,7 +228,7 @@ def grow(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, energy
 
     new = leapfrog(last, torch.where(forward, step_size, -step_size), inverse_mass, density)
     v = velocity(inverse_mass, new.r)
-    error = torch.nan_to_num(-new.logp + 0.5 * (new.r * v).sum(-1) - energy0, nan=torch.inf)
+    error = torch.nan_to_num(-new.logp + 0.5 * (new.r * v).sum(-1) - tree.energy0, nan=torch.inf)
     diverged = alive & (error > MAX_ENERGY_ERROR)
     total = torch.logaddexp(sub_weight, -error)
     sub_proposal = new.where(alive & (u[:, 2].log() < -error - total), sub.proposal)
@@ -238,8 +254,8 @@ def grow(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, energy
     log_weight = torch.where(valid, torch.logaddexp(tree.log_weight, sub_weight), tree.log_weight)
     r_sum = torch.where(valid.unsqueeze(-1), tree.r_sum + sub_r_sum, tree.r_sum)
     active = valid & ~is_turning(velocity(inverse_mass, left.r), velocity(inverse_mass, right.r), r_sum)
-    closed = Tree(left, right, proposal, log_weight, r_sum, active, forward, tree.diverging, tree.depth + was,
-                  tree.n_steps, tree.accept_sum, sub)
+    closed = tree._replace(left=left, right=right, proposal=proposal, log_weight=log_weight, r_sum=r_sum,
+                           active=active, forward=forward, depth=tree.depth + was, sub=sub)
     still = tree._replace(forward=forward, sub=sub)
     tree = Tree(*(_where(closes, a, b) for a, b in zip(closed, still, strict=True)))
     return tree._replace(diverging=tree.diverging | diverged, n_steps=tree.n_steps + alive,
@@ -253,24 +269,31 @@ def _where(mask: torch.Tensor, a, b):
     return type(a)(*(_where(mask, x, y) for x, y in zip(a, b, strict=True)))
 
 
-def grow_leaves(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, energy0: torch.Tensor,
+def grow_leaves(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, r0: torch.Tensor,
                 keys: torch.Tensor, base: torch.Tensor, run: Schedule, density: Density) -> Tree:
     """A run of leaves (the rows of ``run``) in one call: compiled, one launch runs several leapfrog steps
-    and the doublings' bookkeeping between them, and the call's fixed cost is shared by them."""
+    and the doublings' bookkeeping between them, and the call's fixed cost is shared by them. The first
+    run of a transition restarts the tree from the chains' points with momenta ``r0``."""
+    tree = _where(run.begins, restart(tree, r0, inverse_mass), tree)
     u = uniforms(keys, base + run.counter, run.columns, tree.log_weight.dtype)  # (C, leaves, 3)
     for leaf in range(run.counter.shape[0]):
-        tree = grow(tree, step_size, inverse_mass, energy0, u[:, leaf], Schedule(*(a[leaf] for a in run)), density)
+        tree = grow(tree, step_size, inverse_mass, u[:, leaf], Schedule(*(a[leaf] for a in run)), density)
     return tree
 
 
-def example_leaves(point: Point, inverse_mass: torch.Tensor, keys: torch.Tensor, first: int, leaves: int,
-                   slots: int) -> tuple:
-    """Arguments of the leaf step for the run of ``leaves`` from leaf ``first``, laid out as every later
-    run's: what a compiled run is traced at."""
-    start = Point(point.z, torch.ones_like(point.z), point.logp, point.grad)
+def first_tree(point: Point, max_tree_depth: int) -> Tree:
+    """The tree every transition restarts from, at the chains' starting points."""
+    return start_tree(point, torch.zeros_like(point.logp), subtree_slots(max_tree_depth))
+
+
+def example_leaves(point: Point, inverse_mass: torch.Tensor, keys: torch.Tensor, max_tree_depth: int) -> tuple:
+    """Arguments of the leaf step for a transition's first run, laid out as every later run's: what a
+    compiled run is traced at."""
+    first, leaves = leaf_runs(max_tree_depth)[0]
     base = torch.zeros((), dtype=torch.int64, device=point.z.device)
-    return (start_tree(start, slots), torch.full_like(point.logp, 1e-3), inverse_mass,
-            -point.logp + 0.5 * point.z.shape[1], keys, base, schedule(first, leaves, slots, point.z.device))
+    return (first_tree(point, max_tree_depth), torch.full_like(point.logp, 1e-3), inverse_mass,
+            torch.ones_like(point.z), keys, base,
+            schedule(first, leaves, subtree_slots(max_tree_depth), point.z.device))
 
 
 Grow = Callable[..., Tree]  # grow_leaves() with the density bound: eager, or compiled with it as one graph
@@ -288,22 +311,18 @@ class Transition:
     acceptance_rate: torch.Tensor
 
 
-def nuts_transition(start: Point, step_size: torch.Tensor, metric: Metric, grow_run: Grow,
-                    random: ChainRandom, counter: int, max_tree_depth: int) -> Transition:
-    """One NUTS iteration of every chain from ``start`` (its momenta are ignored and redrawn)."""
-    r0 = metric.momentum(random.normal(counter * SLOTS, start.z.shape[1], start.z.dtype))
-    start = Point(start.z, r0, start.logp, start.grad)
-    energy0 = -start.logp + metric.kinetic(r0)
-    slots = subtree_slots(max_tree_depth)
-    tree = start_tree(start, slots)
-    base = torch.tensor(counter * SLOTS, dtype=torch.int64, device=start.z.device)
+def nuts_transition(tree: Tree, step_size: torch.Tensor, metric: Metric, r0: torch.Tensor, grow_run: Grow,
+                    keys: torch.Tensor, counter: int, max_tree_depth: int) -> tuple[Tree, Transition]:
+    """One NUTS iteration of every chain from its point (the proposal of ``tree``, the last transition's)
+    with momenta ``r0``: the tree it grew, and the transition."""
+    slots, device = subtree_slots(max_tree_depth), r0.device
+    base = torch.tensor(counter * SLOTS, dtype=torch.int64, device=device)
     for first, leaves in leaf_runs(max_tree_depth):
-        tree = grow_run(tree, step_size, metric.inverse_mass, energy0, random.keys, base,
-                        schedule(first, leaves, slots, start.z.device))
+        tree = grow_run(tree, step_size, metric.inverse_mass, r0, keys, base, schedule(first, leaves, slots, device))
         if not bool((tree.active & ~tree.sub.invalid).any()):  # the one host sync of a run
             # every chain stopped, some inside a doubling that then counts towards their depth
             tree = tree._replace(depth=tree.depth + tree.active)
             break
     proposal = tree.proposal
-    return Transition(proposal, tree.diverging, tree.depth, tree.n_steps, -proposal.logp + metric.kinetic(proposal.r),
-                      tree.accept_sum / tree.n_steps.clamp(min=1))
+    return tree, Transition(proposal, tree.diverging, tree.depth, tree.n_steps,
+                            -proposal.logp + metric.kinetic(proposal.r), tree.accept_sum / tree.n_steps.clamp(min=1))
