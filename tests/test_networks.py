@@ -185,14 +185,16 @@ def test_lstm_guides_fit_and_predict(guide):
     assert post.flat_samples()["embed"].std(0).max() == 0  # the embedding is a point estimate
 
 
-def test_lstm_state_ignores_padding():
+@pytest.mark.parametrize("name, guide, draws", [("lstm", "delta", 1), ("bayes-lstm", "mean-field", 3)])
+def test_lstm_state_ignores_padding(name, guide, draws):
+    """One network (the twin's one draw) runs PyTorch's fused LSTM and reads each row's state after its last
+    token; several draws run the step loop, whose mask holds a finished row's state: both must give a short
+    row, padded in a batch of longer ones, what it gets alone (cut to its own length, with no padding)."""
     x, y = _tokens()
-    zm = zoo.load("lstm", data=(x, y), vocab_size=12, embed_dim=4, hidden=5)
-    post = zoo.fit(zm, (x, y), "svi", num_steps=2, seed=0)
-    # every third row is 4 tokens and 2 of padding, among rows of 6: alone, without its padding, it must
-    # get the same prediction (the batch runs 6 steps; the state of a short row must stop after its 4th)
-    short = x[::3, :4]
-    assert (short != 0).all()
+    zm = zoo.load(name, data=(x, y), vocab_size=12, embed_dim=4, hidden=5)
+    post = zoo.fit(zm, (x, y), "svi", guide=guide, num_steps=2, seed=0, num_samples=draws)
+    short = x[::3, :4]  # every third row: 4 tokens, then 2 of padding among rows of 6
+    assert (short != 0).all() and (x[1::3] != 0).all()
     torch.testing.assert_close(post.predict(x).probs[::3], post.predict(short).probs)
 
 
