@@ -46,11 +46,9 @@ class BayesianLSTM:
         self.prior_scale = prior_scale
         self.precision_prior = precision_prior
         self.sites = []
-        # PyTorch's starting scales: N(0, 1) embeddings (nn.Embedding), weights of variance 1 / (3 fan_in)
-        # (nn.LSTM's and nn.Linear's U(+-1/sqrt(fan_in))). He's gain 2, meant for ReLU nets, gave the gates
-        # pre-activations of sd 2 on embedded tokens (a third of them past +-2: saturated sigmoids and tanh),
-        # and the twin trailed plain PyTorch by 3 points of SST-2 dev accuracy, the guides by 6 and 16
-        # (benchmarks/parity.py)
+        # PyTorch's starting scales: N(0, 1) embeddings, weights of variance 1 / (3 fan_in) (U(+-1/sqrt(fan_in))).
+        # He's gain 2, meant for ReLU nets, saturated a third of the gates at the start and cost 3 to 16 points
+        # of SST-2 accuracy (benchmarks/parity.py)
         if vocab_size is not None:
             self.sites.append(WeightSite("embed", (vocab_size, in_features), 1, point=True, gain=1.0))
         gate, gain = 4 * hidden, 1 / 3
