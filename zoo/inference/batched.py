@@ -19,7 +19,7 @@ from .adaptation import MassEstimate, warmup_windows
 from .flat import FlatLatents
 from .loop import run_steps
 from .sites import run_trace
-from .traced import MODES, compile_checked, value_and_grad_fn
+from .traced import MODES, compile_checked, step_threads, value_and_grad_fn
 from .trajectory import SLOTS, Metric, Point, leapfrog
 
 INIT_TRIES = 100  # jittered starts tried per chain before falling back to the model's own start
@@ -53,7 +53,8 @@ class Chains:
 
         if example is None or self.mode != "traced":
             return eager, self.mode
-        compiled = compile_checked(lambda *args: step(*args, density=self.traced), example, compared)
+        compiled = compile_checked(lambda *args: step(*args, density=self.traced), example, compared,
+                                   step_threads(self.traced))
         if compiled is None:
             return eager, self.mode
 

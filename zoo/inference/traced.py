@@ -24,6 +24,7 @@ import torch
 
 MODES = ("eager", "traced", "compiled")  # "compiled": the sampler compiles its leaf step around the trace
 RTOL = 1e-4
+SERIAL_MAX_ELEMENTS = 2**17  # a compiled step whose density's tensors are all smaller runs on one thread
 
 
 def value_and_grad_fn(log_density: Callable, example: torch.Tensor, mode: str) -> tuple[Callable, str]:
@@ -52,11 +53,23 @@ def value_and_grad_fn(log_density: Callable, example: torch.Tensor, mode: str) -
     return graph, "traced"
 
 
-def compile_checked(fn: Callable, example: tuple, compared: Callable = lambda out: out) -> Callable | None:
-    """``fn`` fused by inductor for inputs shaped as ``example``'s, if it compiles here and gives ``fn``'s
-    ``compared`` outputs on ``example``; else None."""
+def step_threads(density: Callable) -> int:
+    """Threads for a compiled step around a traced density (-1: torch's count). One where the density's
+    largest tensor is small: an OpenMP loop's start costs more than sharing it saves there."""
+    graph = getattr(density, "graph", None)
+    sizes = [node.meta["val"].numel() for node in (graph.nodes if graph is not None else ())
+             if isinstance(node.meta.get("val"), torch.Tensor)]
+    return 1 if sizes and max(sizes) < SERIAL_MAX_ELEMENTS else -1
+
+
+def compile_checked(fn: Callable, example: tuple, compared: Callable = lambda out: out,
+                    threads: int = -1) -> Callable | None:
+    """``fn`` fused by inductor for inputs shaped as ``example``'s (its loops on ``threads`` threads, -1 for
+    torch's count), if it compiles here and gives ``fn``'s ``compared`` outputs on ``example``; else None."""
+    from torch._inductor import config
+
     try:
-        with keeps_ctrl_c(), warnings.catch_warnings():
+        with keeps_ctrl_c(), warnings.catch_warnings(), config.patch({"cpp.threads": threads}):
             warnings.simplefilter("ignore")
             compiled = fused(fn, example)
             want, got = compared(fn(*example)), compared(compiled(*example))

@@ -122,7 +122,8 @@ def observe(out: torch.Tensor, y, sigma=None) -> torch.Tensor:
     """The likelihood site ``y`` of a network's output: Normal(f = out[..., 0], sigma) when ``sigma``
     is given (regression), else Categorical(logits = out); ``f`` / ``logits`` are kept as deterministic."""
     if sigma is not None:
-        f = pyro.deterministic("f", out[..., 0])
+        f = pyro.deterministic("f", out[..., 0], event_dim=0)  # one per data point: the default event_dim
+        # (its dims) would broadcast the Delta against the data plate, (N, C, N) tensors in every log density
         return pyro.sample("y", dist.Normal(f, sigma), obs=y)
     logits = pyro.deterministic("logits", out, event_dim=1)
     return pyro.sample("y", dist.Categorical(logits=logits), obs=y)
