@@ -53,13 +53,19 @@ def value_and_grad_fn(log_density: Callable, example: torch.Tensor, mode: str) -
     return graph, "traced"
 
 
-def step_threads(density: Callable) -> int:
-    """Threads for a compiled step around a traced density (-1: torch's count). One where the density's
-    largest tensor is small: an OpenMP loop's start costs more than sharing it saves there."""
+def largest_tensor(density: Callable) -> int | None:
+    """The most elements of any tensor in a traced density's graph; None for an untraced density."""
     graph = getattr(density, "graph", None)
     sizes = [node.meta["val"].numel() for node in (graph.nodes if graph is not None else ())
              if isinstance(node.meta.get("val"), torch.Tensor)]
-    return 1 if sizes and max(sizes) < SERIAL_MAX_ELEMENTS else -1
+    return max(sizes) if sizes else None
+
+
+def step_threads(density: Callable) -> int:
+    """Threads for a compiled step around a traced density (-1: torch's count). One where the density's
+    largest tensor is small: an OpenMP loop's start costs more than sharing it saves there."""
+    largest = largest_tensor(density)
+    return 1 if largest is not None and largest < SERIAL_MAX_ELEMENTS else -1
 
 
 def compile_checked(fn: Callable, example: tuple, compared: Callable = lambda out: out,
