@@ -36,6 +36,11 @@ METHODS = {
     "svi-mean-field": ("svi", {}, dict(guide="mean-field", num_steps=2000, lr=1e-2), 1000),
     "svi-mc-dropout": ("svi", {"dropout": 0.01}, dict(guide="mc-dropout", num_steps=2000, lr=1e-2), 1000),
     "laplace": ("laplace", {}, dict(hessian="diag", curvature="fisher", num_steps=1500, prior_rounds=3), 1000),
+    # the linearised predictive (issue 15): dense and diagonal Fisher
+    "laplace-glm": ("laplace", {}, dict(hessian="full", curvature="fisher", num_steps=1500, prior_rounds=3,
+                                        predictive="glm"), 1000),
+    "laplace-glm-diag": ("laplace", {}, dict(hessian="diag", curvature="fisher", num_steps=1500, prior_rounds=3,
+                                             predictive="glm"), 1000),
     # 4 batched chains x 250 draws: 1,000 draws like the rest
     "nuts": ("nuts", {}, dict(num_warmup=300, num_chains=4, max_tree_depth=8, density="compiled"), 250),
     # the rows named "nuts" before the batched sampler: Pyro's kernel, one chain

@@ -10,8 +10,7 @@ import zoo
 from zoo.inference._random import ChainRandom
 from zoo.inference.adaptation import MassEstimate, warmup_windows
 from zoo.inference.chees import _ChEESRun, halton
-from zoo.inference.trajectory import (LEAVES_PER_CALL, Metric, Point, _checkpoints, grow, leaf_runs, schedule,
-                                      start_tree)
+from zoo.inference.trajectory import LEAVES_PER_CALL, Metric, Point, _checkpoints, grow, leaf_runs, schedule, start_tree
 
 
 def test_warmup_windows_are_stans():

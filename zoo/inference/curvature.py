@@ -94,12 +94,15 @@ class LaplaceTerms:
         """A sample site of the log joint that is not an observation fed by the data."""
         return is_sample(site) and not is_deterministic(site) and name not in self.sites.observed
 
+    def trace(self, theta) -> poutine.Trace:
+        """The model at ``theta`` (the prior-side points: one where it can be subsampled)."""
+        return _trace(self.problem.model, self.latents.constrain(theta), self.args, self.one_point)
+
     def other_log_prior(self, theta):
         """Every term of the log joint but the observations and the fixed Normal priors, plus log |J|:
         the other priors, pyro.factor terms, observations that are constants of the model."""
-        values, log_det = self.latents.unpack(theta)
-        trace = _trace(self.problem.model, values, self.args, self.one_point)
-        total = log_det
+        trace = self.trace(theta)
+        total = self.latents.unpack(theta)[1]
         for name, site in trace.nodes.items():
             if self._other_term(name, site):
                 total = total + site["fn"].log_prob(site["value"]).sum()

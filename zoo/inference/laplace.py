@@ -12,11 +12,13 @@ import torch
 from .._errors import ZooError
 from ._base import FitResult, check_positive, lr_gamma, register_backend
 from .curvature import LaplaceTerms, exact_curvature, logdet_path, not_positive
+from .linearized import output_site
 from .loop import Converged, NonFinite, Status, check_finite, converged, run_steps
 
 HESSIANS = ("full", "diag")
 CURVATURES = ("exact", "fisher")
 SUBSETS = ("all", "last-layer")
+PREDICTIVES = ("nn", "glm")
 OPTIMIZERS = ("auto", "lbfgs", "adam")
 LBFGS_MAX_DIM = 1000  # auto: L-BFGS on the full data for models up to this many latent coordinates
 LBFGS_CHUNK = 50  # L-BFGS iterations per step of the loop (num_steps counts iterations)
@@ -56,6 +58,10 @@ class Laplace:
         once); needs a model that indexes its data with the indices of ``pyro.plate("data")``.
     memory_limit_gb : float, optional
         Largest dense Hessian allowed; default a quarter of this machine's memory.
+    predictive : {"nn", "glm"}
+        How predictions use the Gaussian: ``"nn"`` runs the model at each draw of the weights; ``"glm"``
+        runs it with the network's output (the site ``f`` or ``logits``) linearised at the MAP, which does
+        not underfit as the "nn" predictive of a network does (Immer, Korzepa & Bauer 2021).
     """
 
     name: ClassVar[str] = "laplace"
@@ -71,6 +77,7 @@ class Laplace:
     lr_decay: float = 0.1
     fisher_samples: int = 4
     memory_limit_gb: float | None = None
+    predictive: str = "nn"
 
     def fit(self, problem) -> FitResult:
         if self.hessian not in HESSIANS:
@@ -79,12 +86,16 @@ class Laplace:
             raise ZooError(f"laplace: curvature must be one of {CURVATURES}, got {self.curvature!r}")
         if self.subset not in SUBSETS:
             raise ZooError(f"laplace: subset must be one of {SUBSETS}, got {self.subset!r}")
+        if self.predictive not in PREDICTIVES:
+            raise ZooError(f"laplace: predictive must be one of {PREDICTIVES}, got {self.predictive!r}")
         check_positive("laplace: num_steps", self.num_steps)
         check_positive("laplace: fisher_samples", self.fisher_samples)
         check_positive("laplace: prior_rounds", self.prior_rounds)
         if self.batch_size is not None:
             check_positive("laplace: batch_size", self.batch_size)
         joint = LaplaceTerms(problem, self.batch_size)
+        if self.predictive == "glm":  # refused now, not after the fit
+            output_site(joint.trace(joint.initial))
         sub = joint.latents.coordinates(self._subset_sites(problem, joint.latents.names), joint.initial.device)
         if self.hessian == "full":
             self._check_memory(len(sub))
@@ -113,7 +124,7 @@ class Laplace:
         log_q = None  # over every latent, q is a density: log N(u; theta, H^-1) less log |J| (constrained scale)
         if self.subset == "all":
             log_q = _gaussian_log_density(draws - theta, precision, self.hessian) - log_det
-        info = dict(hessian=self.hessian, curvature=self.curvature, subset=self.subset,
+        info = dict(hessian=self.hessian, curvature=self.curvature, subset=self.subset, predictive=self.predictive,
                     prior_precision_scale=alpha, log_marginal_likelihood=log_evidence,
                     num_parameters=len(sub), map_loss=losses[-1] if losses else float("nan"))
         params = {"laplace.loc": theta.detach(), "laplace.precision": precision.detach()}

@@ -14,6 +14,7 @@ from .. import metrics
 from .._data import Split, as_args, by_name
 from .._errors import ZooError
 from .draws import DrawRunner, plate_values
+from .linearized import LinearizedRunner
 from .loop import Status
 from .sites import Sites
 
@@ -104,7 +105,11 @@ class Posterior:
         self.timings = timings or {}
         self.options = options or {}
         self.deterministic = deterministic or {}
-        self.runner = DrawRunner(model.predictive, sites, self.info.get("vectorized", "plate"))
+        path = self.info.get("vectorized", "plate")
+        self.runner = DrawRunner(model.predictive, sites, path)
+        # what predictions run: the model at each draw, or (Laplace's GLM predictive) its linearised network
+        self.predictive_runner = (LinearizedRunner(model.predictive, sites, path, self.params["laplace.loc"])
+                                  if self.info.get("predictive") == "glm" else self.runner)
 
     @property
     def num_chains(self) -> int:
@@ -178,7 +183,7 @@ class Posterior:
         self.model.load_params(self.params)
         extract = site_summary(site, with_log_prob)
         with torch.no_grad():
-            parts = [self.runner.run(self.flat_samples(), block, extract) for block in self._batches(args)]
+            parts = [self.predictive_runner.run(self.flat_samples(), block, extract) for block in self._batches(args)]
         if len(parts) == 1:
             return parts[0]
         return {k: parts[0][k] if k in FLAGS else torch.cat([p[k] for p in parts], 1) for k in parts[0]}
