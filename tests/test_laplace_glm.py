@@ -51,7 +51,7 @@ def test_glm_predictive_is_the_network_linearised_at_the_map(glm, data):
 
 
 def test_glm_and_nn_predictives_share_the_fit(data, glm):
-    nn = zoo.fit(glm.model, data, "laplace", hessian="full", curvature="fisher", optimizer="lbfgs",
+    nn = zoo.fit(glm.model, data, "laplace", hessian="full", curvature="fisher", optimizer="lbfgs", predictive="nn",
                  num_samples=400, seed=0)
     assert torch.equal(nn.params["laplace.loc"], glm.params["laplace.loc"])
     assert nn.info["predictive"] == "nn" and glm.info["predictive"] == "glm"

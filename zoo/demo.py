@@ -17,7 +17,7 @@ from .plots import predictive_plot, trace_plot
 # sit in different modes of the network's weights (R-hat 1.5-1.8 on the noise precision).
 SETTINGS = {
     "svi": dict(num_steps=3000, guide="mean-field"),
-    "laplace": dict(),  # bnn's defaults: diagonal Fisher, 3 rounds of MAP + evidence-tuned prior
+    "laplace": dict(),  # bnn's defaults: dense Fisher, linearised predictive, 3 rounds of MAP + evidence-tuned prior
     "nuts": dict(num_warmup=200, num_chains=4, max_tree_depth=8, density="compiled"),
 }
 QUICK = {"svi": dict(num_steps=200), "laplace": dict(num_steps=300, prior_rounds=1),

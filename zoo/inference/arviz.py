@@ -18,12 +18,13 @@ def to_inference_data(post, data=None, var_names=None) -> az.InferenceData:
     """Groups: posterior, sample_stats and, given ``data``, posterior_predictive, log_likelihood
     (pointwise, original units) and observed_data. Every array is shaped (chain, draw, ...).
 
-    ``var_names`` picks the latent sites in the posterior group; default every site, or only the
-    last layer for networks that name one (not millions of weights).
+    ``var_names`` picks the latent sites in the posterior group; default every site, or for networks that
+    name a last layer (not millions of weights) that layer and the sites the model displays (its noise).
     """
     chains, draws = post.num_chains, post.num_draws
     if var_names is None:
-        var_names = post.model.last_layer or list(post.samples)
+        shown = [s for s in post.model.display.summary_sites or [] if s in post.samples]
+        var_names = [*post.model.last_layer, *shown] if post.model.last_layer else list(post.samples)
     unknown = [v for v in var_names if v not in post.samples]
     if unknown:
         raise ZooError(f"to_arviz: no latent sites {unknown}; the posterior has {sorted(post.samples)}")

@@ -15,6 +15,7 @@ import dataclasses
 import torch
 import torch.autograd.forward_ad as fwad
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 
 from .._errors import ZooError
 from .draws import DrawRunner
@@ -34,13 +35,31 @@ def output_site(trace: poutine.Trace) -> str:
                    "use predictive='nn'")
 
 
+class _Unsampled(Messenger):
+    """Observed sites left unsampled (zeros) where there are no observations: the linearising pass reads the
+    output only, and some samplers (the Gamma inside a Student-t) have no forward-mode derivative."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = set(names)
+
+    def _pyro_sample(self, msg):
+        if msg["name"] in self.names and msg["value"] is None:
+            msg["value"] = torch.zeros(msg["fn"].shape())
+
+
 class LinearizedRunner:
     """``run(draws, args, extract)`` as :class:`DrawRunner`'s, with the model's output site set, draw by draw,
     to its linearisation at ``theta_map`` (flat, unconstrained: the Laplace mean)."""
 
     def __init__(self, model, sites, path: str, theta_map: torch.Tensor):
         self.model, self.sites, self.path, self.theta_map = model, sites, path, theta_map
-        self.runner = DrawRunner(model, sites, path)
+
+        def unsampled(*args):
+            with _Unsampled(sites.observed):
+                return model(*args)
+
+        self.outputs = DrawRunner(unsampled, sites, path)  # the linearising pass
 
     def _latents(self, draws: dict, args: tuple) -> FlatLatents:
         trace = poutine.trace(poutine.condition(self.model, {k: v[0] for k, v in draws.items()})).get_trace(*args)
@@ -60,7 +79,7 @@ class LinearizedRunner:
         with fwad.dual_level():
             primal = self.theta_map.to(theta).expand_as(theta).clone()
             values = latents.constrain(fwad.make_dual(primal, theta - primal))
-            out = self.runner.run(values, args, read, indices)
+            out = self.outputs.run(values, args, read, indices)
             value, tangent = fwad.unpack_dual(out[found["name"]])
         if tangent is None:  # the output does not depend on the latents
             tangent = torch.zeros_like(value)

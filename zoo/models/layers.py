@@ -118,12 +118,8 @@ def max_pool(x: torch.Tensor, size: int = 2) -> torch.Tensor:
     return out.reshape(*x.shape[:-3], *out.shape[-3:])
 
 
-def observe(out: torch.Tensor, y, sigma=None) -> torch.Tensor:
-    """The likelihood site ``y`` of a network's output: Normal(f = out[..., 0], sigma) when ``sigma``
-    is given (regression), else Categorical(logits = out); ``f`` / ``logits`` are kept as deterministic."""
-    if sigma is not None:
-        f = pyro.deterministic("f", out[..., 0], event_dim=0)  # one per data point: the default event_dim
-        # (its dims) would broadcast the Delta against the data plate, (N, C, N) tensors in every log density
-        return pyro.sample("y", dist.Normal(f, sigma), obs=y)
+def observe(out: torch.Tensor, y) -> torch.Tensor:
+    """The categorical likelihood site ``y`` of a network's output, ``logits = out`` kept as deterministic
+    (regression networks observe through :mod:`zoo.models.likelihoods`)."""
     logits = pyro.deterministic("logits", out, event_dim=1)
     return pyro.sample("y", dist.Categorical(logits=logits), obs=y)

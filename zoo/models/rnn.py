@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pyro
-import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
 
 from .. import _noise as noise
 from .._data import training_arrays
@@ -17,6 +15,7 @@ from .._model import Defaults, Display, ZooModel
 from .._registry import register_model
 from .cnn import check_labels
 from .layers import dense, observe, weight
+from .likelihoods import RegressionLikelihood
 from .network_model import NetworkModel
 from .weight_guides import (
     LAST_LAYER_LAPLACE,
@@ -37,14 +36,14 @@ class BayesianLSTM:
     Sites: ``embed`` (vocab, embed_dim, classification only; a point estimate under every guide),
     ``w_ih`` (4H, in), ``w_hh`` (4H, H), ``b_lstm`` (4H), ``w_out`` (out, H), ``b_out`` (out).
     The last hidden state of each sequence (its last non-padding token) feeds the output layer.
-    Classification: ``y ~ Categorical(logits)``; regression: ``y ~ Normal(f, precision^-1/2)``.
+    Classification: ``y ~ Categorical(logits)``; regression: ``likelihood`` (:mod:`zoo.models.likelihoods`).
     """
 
     def __init__(self, task, in_features, hidden, out_features, prior_scale, vocab_size=None,
-                 precision_prior=(1.0, 0.01)):
+                 likelihood: RegressionLikelihood | None = None):
         self.task = task
         self.prior_scale = prior_scale
-        self.precision_prior = precision_prior
+        self.likelihood = likelihood
         self.sites = []
         # PyTorch's starting scales: N(0, 1) embeddings, weights of variance 1 / (3 fan_in) (U(+-1/sqrt(fan_in))).
         # He's gain 2, meant for ReLU nets, saturated a third of the gates at the start and cost 3 to 16 points
@@ -61,10 +60,7 @@ class BayesianLSTM:
 
     def __call__(self, x, y=None):
         w = {s.name: weight(s.name, s.shape, self.prior_scale, x.device) for s in self.sites}
-        sigma = None
-        if self.task == "regression":
-            a, b = (torch.tensor(float(v), device=x.device) for v in self.precision_prior)
-            sigma = pyro.sample("precision", dist.Gamma(a, b)).rsqrt()
+        scales = self.likelihood.sample_noise(x.device) if self.likelihood else None
         with pyro.plate("data", x.shape[0]) as idx:
             x = x[idx]
             if self.task == "classification":
@@ -74,7 +70,8 @@ class BayesianLSTM:
             else:
                 lengths, inputs = torch.full(x.shape[:1], x.shape[1], device=x.device), x
             out = dense(lstm(inputs, lengths, w["w_ih"], w["w_hh"], w["b_lstm"]), w["w_out"], w["b_out"])
-            return observe(out, None if y is None else y[idx], sigma)
+            y = None if y is None else y[idx]
+            return self.likelihood.observe(out, y, scales) if self.likelihood else observe(out, y)
 
 
 def lstm(inputs, lengths, w_ih, w_hh, b):
@@ -153,8 +150,7 @@ class SeriesLSTMModel(NetworkModel):
 
 def _contract(net, config, dropout, fit_defaults) -> dict:
     """What every LSTM model shares: its guides, start, output layer, defaults and display."""
-    regression = net.task == "regression"
-    extra = {"precision": (10.0, constraints.positive)} if regression else {}
+    extra = net.likelihood.noise_sites if net.likelihood else {}
 
     def mean_field(zm, init_scale: float = 1e-3):
         return mean_field_guide("mean_field", net.sites, init_scale, extra)
@@ -164,10 +160,11 @@ def _contract(net, config, dropout, fit_defaults) -> dict:
         rates = {"w_ih": p if net.task == "classification" else 0.0, "w_hh": p, "w_out": p}
         return mc_dropout_guide("mc_dropout", with_dropout(net.sites, rates), extra)
 
+    starts = {name: start for name, (start, _) in extra.items()}
     return dict(guides={"mean-field": mean_field, "mc-dropout": variational_dropout}, config=config,
-                init_loc_fn=init_at(net.sites, {"precision": 10.0}), last_layer=["w_out", "b_out"], vectorized=True,
+                init_loc_fn=init_at(net.sites, starts), last_layer=["w_out", "b_out"], vectorized=True,
                 defaults=Defaults(fit=fit_defaults, num_samples=100, predict_batch=256),
-                display=Display(summary_sites=["precision"] if regression else []))
+                display=Display(summary_sites=list(extra)))
 
 
 # a constant rate, as plain PyTorch trains it: decayed to a tenth (svi's default), one epoch of 20,000 SST-2
@@ -221,14 +218,19 @@ def lstm_classifier(*, data=None, vocab_size: int | None = None, embed_dim: int 
                 notes="One-step-ahead forecasting: x holds windows (n, length, features), y the next value "
                       "(see zoo.datasets.series.windows).")
 def bayes_lstm_regressor(*, data=None, in_features: int | None = None, hidden: int = 32,
-                         prior_scale: float = 1.0, dropout: float = 0.1) -> ZooModel:
-    """Bayesian LSTM forecaster: the next value of a series from the window before it."""
+                         prior_scale: float = 1.0, dropout: float = 0.1, likelihood: str = "normal") -> ZooModel:
+    """Bayesian LSTM forecaster: the next value of a series from the window before it.
+
+    ``likelihood``: ``"normal"``, ``"heteroscedastic"`` or ``"student-t"`` (:mod:`zoo.models.likelihoods`).
+    """
     if data is not None:
         in_features = int(training_arrays(data)[0].shape[-1])
     if in_features is None:
         raise ZooError("bayes-lstm-regressor: give data= (windows from zoo.datasets.series.windows) or in_features=")
-    net = BayesianLSTM("regression", in_features, hidden, 1, prior_scale)
-    config = dict(in_features=in_features, hidden=hidden, prior_scale=prior_scale, dropout=dropout)
+    law = RegressionLikelihood(likelihood)
+    net = BayesianLSTM("regression", in_features, hidden, law.outputs, prior_scale, likelihood=law)
+    config = dict(in_features=in_features, hidden=hidden, prior_scale=prior_scale, dropout=dropout,
+                  likelihood=likelihood)
     defaults = {"svi": {"batch_size": 64, "lr": 3e-3, "num_epochs": 20},
                 "laplace": LAST_LAYER_LAPLACE}
     return SeriesLSTMModel("bayes-lstm-regressor", net, in_features, **_contract(net, config, dropout, defaults))
