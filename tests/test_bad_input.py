@@ -133,3 +133,15 @@ def test_cli_errors_are_one_line_and_exit_2():
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "Did you mean 'bnn'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_laplace_refuses_minibatches_of_a_model_that_does_not_index_its_data():
+    def whole_data(x, y=None):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):  # the plate's indices unused: every block would see every point
+            pyro.sample("y", dist.Normal(w * x, 1.0), obs=y)
+
+    x = torch.randn(40)
+    with pytest.raises(zoo.ZooError, match="batch_size needs a model whose observations"):
+        zoo.fit(whole_data, (x, 2 * x), "laplace", batch_size=10)
+    assert zoo.fit(whole_data, (x, 2 * x), "laplace", batch_size=40, num_samples=10).num_draws == 10

@@ -93,6 +93,11 @@ class Laplace:
         check_positive("laplace: prior_rounds", self.prior_rounds)
         if self.batch_size is not None:
             check_positive("laplace: batch_size", self.batch_size)
+            if not problem.sites.subsamplable and self.batch_size < problem.args[0].shape[0]:
+                # its minibatch would still see every point: the curvature of all of them added once per block
+                raise ZooError("laplace: batch_size needs a model whose observations sit in "
+                               "`with pyro.plate('data', len(x)) as idx:` and use the indices (x[idx], y[idx]); "
+                               "this model does not, so leave batch_size=None")
         joint = LaplaceTerms(problem, self.batch_size)
         if self.predictive == "glm":  # refused now, not after the fit
             output_site(joint.trace(joint.initial))
