@@ -146,10 +146,12 @@ def test_nuts_is_refused_on_a_big_lenet_but_not_a_tiny_one(images):
     assert zoo.load("bayes-lenet", data=(x, y), channels=[1, 1], hidden=2).refusal("nuts") is None
 
 
-def test_classifier_arviz_has_last_layer_and_pointwise_log_likelihood(images):
+def test_classifier_arviz_has_last_layer_and_pointwise_log_likelihood(images, monkeypatch):
     x, y = images
     zm = zoo.load("bayes-lenet", data=(x, y), **TINY_CNN)
     post = zoo.fit(zm, (x, y), "svi", guide="mean-field", num_steps=3, num_samples=6, seed=0)
+    assert len(post.to_arviz().posterior.data_vars) == 8  # a net this small: every weight
+    monkeypatch.setattr("zoo.inference.arviz.MAX_DEFAULT_NUMBERS", 100)  # as if it were a big one
     idata = post.to_arviz((x[:10], y[:10]))
     assert set(idata.posterior.data_vars) == {"w3", "b3"}
     assert idata.log_likelihood["y"].shape == (1, 6, 10)
@@ -268,3 +270,27 @@ def test_lstm_forecaster_learns_a_sine():
         plain = head(net(data.test.x)[0][:, -1]).squeeze(-1)
     plain_rmse = float(((plain - data.test.y) * data.test.y_std).pow(2).mean().sqrt())
     assert result["rmse"] < 0.6 * persistence and result["rmse"] < 1.25 * plain_rmse, (result, plain_rmse)
+
+
+def test_weight_prior_is_the_expanded_normal_and_laplace_reads_it_as_one():
+    import pyro.distributions as dist
+
+    from zoo._weight_prior import WeightPrior
+    from zoo.inference._base import Problem
+    from zoo.inference.curvature import LaplaceTerms
+    from zoo.inference.sites import Sites
+
+    expanded = dist.Normal(torch.zeros(()), 0.7).expand([3, 4]).to_event(2)
+    prior = WeightPrior((3, 4), 0.7)
+    value = torch.randn(5, 1, 3, 4)
+    assert torch.allclose(prior.log_prob(value), expanded.log_prob(value))
+    assert prior.expand((5, 1)).log_prob(value).shape == (5, 1)
+    torch.manual_seed(0)
+    assert abs(float(prior.sample((4000,)).std()) - 0.7) < 0.01
+
+    x, y = torch.randn(30, 2), torch.randn(30)
+    zm = zoo.load("bnn", in_features=2, hidden=[3], prior_scale=0.7)
+    terms = LaplaceTerms(Problem(zm.model, (x, y), Sites.of(zm.model, (x, y)), 1, False, zm.init_loc_fn))
+    weights = terms.latents.coordinates(["w0", "b0", "w1", "b1"])
+    assert bool(terms.is_normal[weights].all()) and not bool(terms.is_normal[-1])  # the precision is Gamma
+    assert torch.allclose(terms.prior_scale[weights], torch.tensor(0.7))

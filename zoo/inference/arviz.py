@@ -13,18 +13,23 @@ import xarray as xr
 
 from .._errors import ZooError
 
+MAX_DEFAULT_NUMBERS = 10_000  # latent numbers per draw that to_arviz keeps by default
+
 
 def to_inference_data(post, data=None, var_names=None) -> az.InferenceData:
     """Groups: posterior, sample_stats and, given ``data``, posterior_predictive, log_likelihood
     (pointwise, original units) and observed_data. Every array is shaped (chain, draw, ...).
 
-    ``var_names`` picks the latent sites in the posterior group; default every site, or for networks that
-    name a last layer (not millions of weights) that layer and the sites the model displays (its noise).
+    ``var_names`` picks the latent sites in the posterior group; default every site, or where they hold more
+    than 10,000 numbers per draw and the model names a last layer (a network's weights), that layer and the
+    sites the model displays (its noise).
     """
     chains, draws = post.num_chains, post.num_draws
     if var_names is None:
-        shown = [s for s in post.model.display.summary_sites or [] if s in post.samples]
-        var_names = [*post.model.last_layer, *shown] if post.model.last_layer else list(post.samples)
+        var_names = list(post.samples)
+        if post.model.last_layer and sum(v[0, 0].numel() for v in post.samples.values()) > MAX_DEFAULT_NUMBERS:
+            shown = [s for s in post.model.display.summary_sites or [] if s in post.samples]
+            var_names = [*post.model.last_layer, *shown]
     unknown = [v for v in var_names if v not in post.samples]
     if unknown:
         raise ZooError(f"to_arviz: no latent sites {unknown}; the posterior has {sorted(post.samples)}")

@@ -10,6 +10,7 @@ import torch
 from pyro import poutine
 
 from .._errors import ZooError
+from .._weight_prior import WeightPrior
 from .sites import DATA_PLATE, is_deterministic, is_sample, on_points, without_targets
 
 
@@ -48,7 +49,8 @@ class LaplaceTerms:
             fn, size = trace.nodes[n]["fn"], math.prod(self.latents.free_shapes[n])
             while isinstance(fn, dist.Independent):
                 fn = fn.base_dist
-            fixed = type(fn) is dist.Normal and not (fn.loc.requires_grad or fn.scale.requires_grad)
+            fixed = isinstance(fn, WeightPrior) or (
+                type(fn) is dist.Normal and not (fn.loc.requires_grad or fn.scale.requires_grad))
             shape = self.latents.shapes[n]
             locs.append(fn.loc.detach().expand(shape).reshape(-1) if fixed else torch.zeros(size))
             scales.append(fn.scale.detach().expand(shape).reshape(-1) if fixed else torch.zeros(size))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _noise as noise
+from .._weight_prior import WeightPrior
 
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu}
 
@@ -56,8 +57,7 @@ def lecun_normal(shape, fan_in: int, device=None) -> torch.Tensor:
 
 def weight(name: str, shape, prior_scale: float, device) -> torch.Tensor:
     """A weight site ``name`` with an N(0, prior_scale^2) prior on each entry, plate slot removed."""
-    prior = dist.Normal(torch.zeros((), device=device), prior_scale).expand(list(shape)).to_event(len(shape))
-    return strip_plate_slot(pyro.sample(name, prior), len(shape))
+    return strip_plate_slot(pyro.sample(name, WeightPrior(shape, prior_scale, device)), len(shape))
 
 
 def dense(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, tied: bool = False) -> torch.Tensor:
