@@ -13,6 +13,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 from ._data import as_args
 from ._errors import ZooError, unknown_name
 from ._initialization import feasible
+from ._point_masses import PointMasses
 
 
 def _autoguide(cls, **defaults):
@@ -31,7 +32,7 @@ GENERIC_GUIDES: dict[str, Callable] = {
     "mean-field": _autoguide(ag.AutoNormal, init_scale=0.01),
     "low-rank": _autoguide(ag.AutoLowRankMultivariateNormal, init_scale=0.01, rank=10),
     "full-rank": _autoguide(ag.AutoMultivariateNormal, init_scale=0.01),
-    "delta": _autoguide(ag.AutoDelta),
+    "delta": _autoguide(PointMasses),
 }
 
 

@@ -16,6 +16,7 @@ import torch
 from pyro.distributions import constraints
 
 from .. import _noise as noise
+from .._point_masses import point_mass
 
 # Laplace for big networks: a full Gaussian over the output layer around a minibatch MAP
 LAST_LAYER_LAPLACE = {"subset": "last-layer", "hessian": "full", "curvature": "fisher", "batch_size": 256,
@@ -53,7 +54,7 @@ def point_masses(prefix: str, extra_sites: dict, device) -> None:
     """MAP point masses for non-weight sites: ``extra_sites`` maps name -> (init, constraint)."""
     for name, (init, constraint) in extra_sites.items():
         value = pyro.param(f"{prefix}.{name}", lambda i=init: torch.as_tensor(i, device=device), constraint=constraint)
-        pyro.sample(name, dist.Delta(value))
+        pyro.sample(name, point_mass(value))
 
 
 def mean_field_guide(prefix: str, sites: list[WeightSite], init_scale: float = 1e-3, extra_sites=None):
@@ -64,7 +65,7 @@ def mean_field_guide(prefix: str, sites: list[WeightSite], init_scale: float = 1
         for site in sites:
             loc = pyro.param(f"{prefix}.{site.name}.loc", lambda s=site: s.init(device))
             if site.point:
-                pyro.sample(site.name, dist.Delta(loc, event_dim=len(site.shape)))
+                pyro.sample(site.name, point_mass(loc, len(site.shape)))
                 continue
             scale = pyro.param(f"{prefix}.{site.name}.scale",
                                lambda s=site: torch.full(s.shape, init_scale, device=device),
@@ -92,15 +93,14 @@ def mc_dropout_guide(prefix: str, sites: list[WeightSite], extra_sites=None):
         for site in sites:
             loc = pyro.param(f"{prefix}.{site.name}", lambda s=site: s.init(device))
             if site.dropout == 0:
-                pyro.sample(site.name, dist.Delta(loc, event_dim=len(site.shape)))
+                pyro.sample(site.name, point_mass(loc, len(site.shape)))
                 continue
             keep = 1.0 - site.dropout
             units = (site.shape[1], *[1] * (len(site.shape) - 2))
             z = pyro.sample(f"{prefix}.{site.name}.mask",
                             dist.Bernoulli(torch.full(units, keep, device=device)).to_event(len(units)),
                             infer={"is_auxiliary": True})
-            value = pyro.sample(site.name, dist.Delta(loc * z.unsqueeze(-len(site.shape)) / keep,
-                                                      event_dim=len(site.shape)))
+            value = pyro.sample(site.name, point_mass(loc * z.unsqueeze(-len(site.shape)) / keep, len(site.shape)))
             noise.register(value, "dropout", loc, keep=keep)
         point_masses(prefix, extra_sites or {}, device)
 
