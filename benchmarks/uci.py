@@ -41,6 +41,8 @@ METHODS = {
                                         predictive="glm"), 1000),
     "laplace-glm-diag": ("laplace", {}, dict(hessian="diag", curvature="fisher", num_steps=1500, prior_rounds=3,
                                              predictive="glm"), 1000),
+    # bnn with no options at all: issue 14's untouched defaults
+    "laplace-default": ("laplace", {}, {}, 1000),
     # bnn's laplace defaults, with a noise scale head beside the mean
     "laplace-heteroscedastic": ("laplace", {"likelihood": "heteroscedastic"}, {}, 1000),
     # 4 batched chains x 250 draws: 1,000 draws like the rest

@@ -71,10 +71,11 @@ class LaplaceTerms:
         start = (step % per_epoch) * self.batch_size
         return self.order[start:start + self.batch_size]
 
-    def blocks(self, max_jacobian_rows: int):
-        """Consecutive blocks of point indices covering the data (None: all at once)."""
-        size = min(self.batch_size or self.num_points, max(max_jacobian_rows, 1))
-        if self.batch_size is None or size >= self.num_points:
+    def blocks(self, max_rows: int):
+        """Consecutive blocks of at most ``max_rows`` point indices (and of ``batch_size``) covering the data;
+        None: all at once, also for a model that cannot be run on some of its points."""
+        size = min(self.batch_size or self.num_points, max(max_rows, 1))
+        if size >= self.num_points or not self.sites.subsamplable:
             yield None
             return
         for start in range(0, self.num_points, size):
