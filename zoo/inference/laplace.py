@@ -135,7 +135,7 @@ class Laplace:
         info = dict(hessian=self.hessian, curvature=self.curvature, subset=self.subset, predictive=self.predictive,
                     prior_precision_scale=alpha, log_marginal_likelihood=log_evidence,
                     num_parameters=len(sub), map_loss=losses[-1] if losses else float("nan"))
-        params = {"laplace.loc": theta.detach(), "laplace.precision": precision.detach()}
+        params = {"laplace.loc": theta.detach(), "laplace.precision": precision.detach().float()}
         return FitResult(samples, status=status, loss=losses, params=params, info=info, log_q=log_q)
 
     def _optimizer(self, joint) -> str:
@@ -224,7 +224,9 @@ class Laplace:
 
     def _likelihood_curvature(self, joint, theta, sub):
         size = len(sub)
-        total = torch.zeros((size, size) if self.hessian == "full" else size, device=theta.device)
+        # in float64: with a large noise precision (naval) float32 sums of outer products lost positive
+        # definiteness (56 eigenvalues not positive)
+        total = torch.zeros((size, size) if self.hessian == "full" else size, device=theta.device, dtype=torch.float64)
         rows = 2**25 // max(size, 1)  # a block's Jacobian (rows x size) stays within 128 MiB
         if self.curvature == "fisher":  # and each row's backward pass runs through the whole block: B^2 work
             rows = min(rows, FISHER_BLOCK)
@@ -237,6 +239,7 @@ class Laplace:
                 y_sim = joint.simulate(theta, idx)
                 jac = torch.func.jacrev(
                     lambda t, i=idx, ys=y_sim: joint.pointwise(joint.embed(theta, sub, t), i, ys))(theta[sub])
+                jac = jac.double()
                 total += (jac.T @ jac if self.hessian == "full" else (jac ** 2).sum(0)) / self.fisher_samples
         return total
 
