@@ -128,15 +128,15 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
             raise ZooError(f"bnn: precision_prior must be (shape, rate) of its Gamma prior, got {precision_prior!r}")
         shape, rate = precision_prior
         checks.positive(name, **{"precision_prior shape": shape, "precision_prior rate": rate})
-        likelihood = RegressionLikelihood(likelihood, tuple(precision_prior), noise_scale)
-        out_features = likelihood.outputs
+        law = RegressionLikelihood(likelihood, tuple(precision_prior), noise_scale)
+        out_features = law.outputs
     in_features, out_features = _infer_sizes(data, in_features, out_features, task)
     checks.positive_int(name, in_features=in_features)
     if task == "classification":
         checks.positive_int(name, out_features=out_features)
     sizes = layer_sizes(in_features, hidden, out_features)
     num_weights = sum((n_in + 1) * n_out for n_in, n_out in sizes)
-    net = BayesianMLP(sizes, activation, prior_scale, task, likelihood if task == "regression" else None)
+    net = BayesianMLP(sizes, activation, prior_scale, task, law if task == "regression" else None)
     extra = net.likelihood.noise_sites if net.likelihood else {}
 
     def dropout_guide(zm, p: float = dropout):
@@ -148,7 +148,7 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
     config = dict(in_features=in_features, hidden=hidden, activation=activation,
                   prior_scale=prior_scale, dropout=dropout)
     if task == "regression":
-        config.update(precision_prior=list(precision_prior), noise_scale=noise_scale, likelihood=likelihood.kind)
+        config.update(precision_prior=list(precision_prior), noise_scale=noise_scale, likelihood=likelihood)
     else:
         config.update(out_features=out_features)
     zm = MLPModel(
