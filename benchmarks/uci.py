@@ -41,6 +41,11 @@ METHODS = {
                                         predictive="glm"), 1000),
     "laplace-glm-diag": ("laplace", {}, dict(hessian="diag", curvature="fisher", num_steps=1500, prior_rounds=3,
                                              predictive="glm"), 1000),
+    # bnn's laplace defaults with another structure, or a prior precision per layer
+    "laplace-kron": ("laplace", {}, dict(hessian="kron"), 1000),
+    "laplace-lowrank": ("laplace", {}, dict(hessian="lowrank"), 1000),
+    "laplace-per-layer": ("laplace", {}, dict(prior_per_site=True), 1000),
+    "laplace-kron-per-layer": ("laplace", {}, dict(hessian="kron", prior_per_site=True), 1000),
     # bnn with no options at all: issue 14's untouched defaults
     "laplace-default": ("laplace", {}, {}, 1000),
     # bnn's laplace defaults, with a noise scale head beside the mean

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyro
@@ -122,9 +123,23 @@ def test_interrupt_keeps_the_work_done():
     assert 15 <= len(post.loss) < 40 and post.flat_samples()["b"].shape == (10,)
 
 
-def test_laplace_refuses_a_dense_hessian_that_would_not_fit(model, data):
-    with pytest.raises(zoo.ZooError, match="use hessian='diag'"):
-        zoo.fit(model, data.train, "laplace", hessian="full", memory_limit_gb=1e-9)
+def _wide_net(x, y=None):
+    w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([400, x.shape[1]]).to_event(2))  # 200,000 weights
+    v = pyro.sample("v", dist.Normal(0.0, 1.0).expand([400]).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        return pyro.sample("y", dist.Normal(torch.tanh(x @ w.T) @ v, 1.0), obs=y)
+
+
+def test_laplace_refuses_a_structure_that_would_not_fit_before_allocating_it():
+    x, y = torch.randn(10, 500), torch.randn(10)
+    start = time.perf_counter()
+    # a dense precision over 200,400 weights: 4 float64 matrices of 321 GB
+    with pytest.raises(zoo.ZooError, match=r"hessian='full' over 200,400 parameters needs about 1196\.9 GiB.*"
+                                           r"these fit: hessian='diag'.*hessian='kron'.*hessian='lowrank'"):
+        zoo.fit(_wide_net, (x, y), "laplace", hessian="full", memory_limit_gb=8)
+    with pytest.raises(zoo.ZooError, match=r"hessian='kron'.*these fit: hessian='diag'"):
+        zoo.fit(_wide_net, (x, y), "laplace", hessian="kron", memory_limit_gb=0.01)
+    assert time.perf_counter() - start < 2  # refused at once: no MAP, no curvature
 
 
 def test_cli_errors_are_one_line_and_exit_2():

@@ -1,5 +1,5 @@
 """What the Laplace backend computes on the flat log density: the split of the log joint into data,
-Normal-prior and other terms, exact Hessians in chunks of rows, and the evidence's log-determinant."""
+Normal-prior and other terms, and exact Hessians in chunks of rows."""
 
 from __future__ import annotations
 
@@ -81,15 +81,19 @@ class LaplaceTerms:
         for start in range(0, self.num_points, size):
             yield torch.arange(start, min(start + size, self.num_points), device=self.initial.device)
 
-    def normal_log_prior(self, theta, alpha: float = 1.0, mask=None):
-        """Sum of the fixed Normal priors' log densities (precision scaled by alpha), over ``mask`` or all."""
+    def normal_log_prior(self, theta, alpha=1.0, mask=None):
+        """Sum of the fixed Normal priors' log densities (precision scaled by alpha: a number, or one per
+        coordinate), over ``mask`` or all."""
         mask = self.is_normal if mask is None else mask
-        sd = self.prior_scale[mask] / math.sqrt(alpha)
+        scaled = alpha[mask].to(theta.dtype) if isinstance(alpha, torch.Tensor) else torch.tensor(float(alpha))
+        sd = self.prior_scale[mask] / scaled.sqrt()
         return dist.Normal(self.prior_loc[mask], sd).log_prob(theta[..., mask]).sum()
 
-    def log_joint(self, theta, alpha: float = 1.0, indices=None):
+    def log_joint(self, theta, alpha=1.0, indices=None):
+        """The log joint with every fixed Normal prior's precision scaled by ``alpha`` (a number, or one per
+        coordinate)."""
         value = self.density(theta, indices)
-        if alpha != 1.0:
+        if isinstance(alpha, torch.Tensor) or alpha != 1.0:
             value = value + self.normal_log_prior(theta, alpha) - self.normal_log_prior(theta)
         return value
 
@@ -100,6 +104,10 @@ class LaplaceTerms:
     def trace(self, theta) -> poutine.Trace:
         """The model at ``theta`` (the prior-side points: one where it can be subsampled)."""
         return _trace(self.problem.model, self.latents.constrain(theta), self.args, self.one_point)
+
+    def trace_at(self, values: dict, indices=None) -> poutine.Trace:
+        """The model with its latents at ``values`` (site -> constrained value) on points ``indices``."""
+        return _trace(self.problem.model, values, self.args, indices)
 
     def other_log_prior(self, theta):
         """Every term of the log joint but the observations and the fixed Normal priors, plus log |J|:
@@ -140,26 +148,6 @@ def _in_data(site) -> bool:
 
 def _trace(model, values, args, indices):
     return poutine.trace(on_points(poutine.condition(model, values), indices)).get_trace(*args)
-
-
-def logdet_path(h_data, d, structure):
-    """``alpha -> log det(h_data + alpha diag(d))`` (None where not positive definite).
-
-    Dense with every d > 0: one eigendecomposition of D^-1/2 H D^-1/2 serves every alpha.
-    """
-    if structure == "diag":
-        return lambda alpha: None if ((h_data + alpha * d) <= 0).any() else float((h_data + alpha * d).log().sum())
-    if bool((d > 0).all()):
-        root = d.rsqrt()
-        mu = torch.linalg.eigvalsh(h_data * root[:, None] * root[None, :])
-        log_d = float(d.log().sum())
-        return lambda alpha: None if (mu + alpha <= 0).any() else log_d + float((mu + alpha).log().sum())
-
-    def slow(alpha):
-        sign, value = torch.linalg.slogdet(h_data + alpha * torch.diag(d))
-        return None if sign <= 0 else float(value)
-
-    return slow
 
 
 def not_positive(count: int, curvature: str) -> ZooError:

@@ -11,20 +11,19 @@ import torch
 
 from .._errors import ZooError
 from ._base import FitResult, check_positive, lr_gamma, register_backend
-from .curvature import LaplaceTerms, exact_curvature, logdet_path, not_positive
+from .curvature import LaplaceTerms, exact_curvature, not_positive
 from .linearized import output_site
 from .loop import Converged, NonFinite, Status, check_finite, converged, run_steps
+from .structures import HESSIANS, build_precision, check_memory
 
-HESSIANS = ("full", "diag")
 CURVATURES = ("exact", "fisher")
 SUBSETS = ("all", "last-layer")
 PREDICTIVES = ("nn", "glm")
 OPTIMIZERS = ("auto", "lbfgs", "adam")
 LBFGS_MAX_DIM = 1000  # auto: L-BFGS on the full data for models up to this many latent coordinates
 LBFGS_CHUNK = 50  # L-BFGS iterations per step of the loop (num_steps counts iterations)
-# points per block of the Monte Carlo Fisher: its per-point Jacobian takes one backward pass per point through the
-# block, so a block of all 7,373 kin8nm points (50 hidden) held 9 GB where blocks of 512 need tens of MB
-FISHER_BLOCK = 512
+PRIOR_GRID = [10 ** (k / 10) for k in range(-30, 31)]  # prior-precision factors the evidence chooses from
+MACKAY_ITERATIONS = 50
 
 
 @register_backend
@@ -34,19 +33,27 @@ class Laplace:
 
     Parameters
     ----------
-    hessian : {"full", "diag"}
-        Dense precision matrix, or its diagonal only.
-    curvature : {"exact", "fisher"}
+    hessian : {"full", "diag", "kron", "lowrank"}
+        Dense precision matrix; its diagonal; KFAC (``"kron"``: a Kronecker-factored block for every weight
+        used as a layer, ``x @ W``, ``F.linear`` or ``F.conv2d``, found as the model runs; a dense or diagonal
+        block over the other latents); or the top ``rank`` eigenpairs of the data's curvature plus the diagonal
+        they leave out and the prior (``"lowrank"``).
+    curvature : {"exact", "fisher"}, optional
         Exact Hessian of the negative log joint, or the Fisher information of the likelihood
         (Monte Carlo over ``fisher_samples`` draws of y, positive semi-definite) plus the exact
         Hessian of the negative log prior. Networks need ``"fisher"``: their exact Hessian at a
-        MAP is usually indefinite.
+        MAP is usually indefinite. Default: exact for full and diag; kron and lowrank take the Fisher only.
+    rank : int
+        ``"lowrank"``: eigenpairs kept (a randomised Nystrom sketch, one pass over the data).
     subset : {"all", "last-layer"}
         Which latents get the Gaussian: all, or the model's output layer (``ZooModel.last_layer``)
         with every other site held at its MAP value, as in laplace-torch's last-layer Laplace.
     tune_prior : bool
         Scale the precision of every Normal prior by the factor that maximises the Laplace
         estimate of the marginal likelihood (post-hoc, as in laplace-torch).
+    prior_per_site : bool
+        With ``tune_prior``, one factor per latent site (per layer of a network) instead of one for all: from
+        the best common factor, MacKay's (1992) fixed-point updates of the evidence.
     prior_rounds : int
         With ``tune_prior``, rounds of (MAP under the current prior scale, then re-tune the scale);
         1 is post-hoc tuning, more move the MAP to the evidence-preferred prior.
@@ -60,18 +67,24 @@ class Laplace:
         Minibatches for the MAP and blocks of points for the curvature (default: all points at
         once); needs a model that indexes its data with the indices of ``pyro.plate("data")``.
     memory_limit_gb : float, optional
-        Largest dense Hessian allowed; default a quarter of this machine's memory.
+        Most memory the structure may take; default a quarter of this machine's. A structure that would need
+        more is refused before anything is allocated, with the structures that fit.
     predictive : {"nn", "glm"}
         How predictions use the Gaussian: ``"nn"`` runs the model at each draw of the weights; ``"glm"``
         runs it with the network's output (the site ``f`` or ``logits``) linearised at the MAP, which does
         not underfit as the "nn" predictive of a network does (Immer, Korzepa & Bauer 2021).
+    at : Posterior, optional
+        Post-hoc Laplace: put the Gaussian at this fit's point (the mean of its draws; a MAP fit of the same
+        model, such as a network's deterministic twin trained with svi) instead of searching for a MAP. The
+        prior precision is tuned once there.
     """
 
     name: ClassVar[str] = "laplace"
     hessian: str = "full"
-    curvature: str = "exact"
+    curvature: str | None = None
     subset: str = "all"
     tune_prior: bool = True
+    prior_per_site: bool = False
     prior_rounds: int = 1
     num_steps: int = 3000
     batch_size: int | None = None
@@ -79,21 +92,61 @@ class Laplace:
     lr: float = 1e-2
     lr_decay: float = 0.1
     fisher_samples: int = 4
+    rank: int = 100
     memory_limit_gb: float | None = None
     predictive: str = "nn"
+    at: object = None
 
     def fit(self, problem) -> FitResult:
-        if self.hessian not in HESSIANS:
-            raise ZooError(f"laplace: hessian must be one of {HESSIANS}, got {self.hessian!r}")
-        if self.curvature not in CURVATURES:
-            raise ZooError(f"laplace: curvature must be one of {CURVATURES}, got {self.curvature!r}")
-        if self.subset not in SUBSETS:
-            raise ZooError(f"laplace: subset must be one of {SUBSETS}, got {self.subset!r}")
-        if self.predictive not in PREDICTIVES:
-            raise ZooError(f"laplace: predictive must be one of {PREDICTIVES}, got {self.predictive!r}")
-        check_positive("laplace: num_steps", self.num_steps)
-        check_positive("laplace: fisher_samples", self.fisher_samples)
-        check_positive("laplace: prior_rounds", self.prior_rounds)
+        curvature = self._check_options(problem)
+        joint = LaplaceTerms(problem, self.batch_size)
+        if self.predictive == "glm":  # refused now, not after the fit
+            output_site(joint.trace(joint.initial))
+        names = self._subset_sites(problem, joint.latents.names)
+        sub = joint.latents.coordinates(names, joint.initial.device)
+        check_memory(self.hessian, {n: joint.latents.free_shapes[n] for n in names}, self.rank, self._memory_limit())
+        theta, alpha, losses, status = joint.initial, 1.0, [], Status()
+        if self.at is not None:
+            theta = self._point_of(self.at, joint)
+        for _ in range(self.prior_rounds if self.tune_prior and self.at is None else 1):
+            if self.at is None:
+                theta = self._map_round(joint, theta, alpha, problem.progress, losses, status)
+            precision = build_precision(joint, theta, sub, self.hessian, curvature, self.fisher_samples, self.rank)
+            alpha_sub, log_evidence = self._tune_prior(joint, theta, sub, names, precision)
+            alpha = torch.ones(joint.latents.dim, dtype=torch.float64, device=theta.device)
+            alpha[sub] = alpha_sub
+            if not status.complete:
+                break
+        if precision.logdet(alpha_sub) is None:
+            raise not_positive(precision.not_positive(alpha_sub), curvature)
+        offsets = precision.sample(problem.num_samples, alpha_sub)
+        draws = theta.expand(problem.num_samples, -1).clone()
+        draws[:, sub] = (theta[sub] + offsets).float()
+        values, log_det = joint.latents.unpack(draws)
+        samples = {k: v.unsqueeze(0) for k, v in values.items()}
+        log_q = None  # over every latent, q is a density: log N(u; theta, H^-1) less log |J| (constrained scale)
+        if self.subset == "all":
+            log_q = precision.log_density((draws[:, sub] - theta[sub]).double(), alpha_sub).float() - log_det
+        info = dict(hessian=self.hessian, curvature=curvature, subset=self.subset, predictive=self.predictive,
+                    prior_precision_scale=self._scales(joint, names, alpha), log_marginal_likelihood=log_evidence,
+                    num_parameters=len(sub), map_loss=losses[-1] if losses else float("nan"))
+        params = {"laplace.loc": theta.detach(),
+                  **{f"laplace.{k}": v.detach() for k, v in precision.state(alpha_sub).items()}}
+        return FitResult(samples, status=status, loss=losses, params=params, info=info, log_q=log_q)
+
+    def _check_options(self, problem) -> str:
+        """The options checked; the curvature to use."""
+        for option, value, allowed in (("hessian", self.hessian, HESSIANS), ("subset", self.subset, SUBSETS),
+                                       ("predictive", self.predictive, PREDICTIVES),
+                                       ("curvature", self.curvature, (None, *CURVATURES))):
+            if value not in allowed:
+                raise ZooError(f"laplace: {option} must be one of {allowed}, got {value!r}")
+        approximate = self.hessian in ("kron", "lowrank")
+        if approximate and self.curvature == "exact":
+            raise ZooError(f"laplace: hessian={self.hessian!r} approximates the Fisher information, not the exact "
+                           "Hessian; leave curvature unset (or 'fisher'), or use hessian='full' or 'diag'")
+        for option in ("num_steps", "fisher_samples", "prior_rounds", "rank"):
+            check_positive(f"laplace: {option}", getattr(self, option))
         if self.batch_size is not None:
             check_positive("laplace: batch_size", self.batch_size)
             if not problem.sites.subsamplable and self.batch_size < problem.args[0].shape[0]:
@@ -101,42 +154,33 @@ class Laplace:
                 raise ZooError("laplace: batch_size needs a model whose observations sit in "
                                "`with pyro.plate('data', len(x)) as idx:` and use the indices (x[idx], y[idx]); "
                                "this model does not, so leave batch_size=None")
-        joint = LaplaceTerms(problem, self.batch_size)
-        if self.predictive == "glm":  # refused now, not after the fit
-            output_site(joint.trace(joint.initial))
-        sub = joint.latents.coordinates(self._subset_sites(problem, joint.latents.names), joint.initial.device)
-        if self.hessian == "full":
-            self._check_memory(len(sub))
-        theta, alpha, losses, status = joint.initial, 1.0, [], Status()
-        for _ in range(self.prior_rounds if self.tune_prior else 1):
-            optimizer = self._optimizer(joint)
-            kept = len(losses)
-            theta_round, round_status = self._map(joint, theta, alpha, problem.progress, losses, optimizer)
-            if round_status.stopped and self.optimizer == "auto" and optimizer == "lbfgs":
-                # a line search that strays where the model is undefined: Adam's small steps do not
-                del losses[kept:]
-                theta_round, round_status = self._map(joint, theta, alpha, problem.progress, losses, "adam")
-            theta = theta_round
-            status.merge(round_status)
-            h_data = self._likelihood_curvature(joint, theta, sub) + exact_curvature(
-                lambda t: -joint.other_log_prior(joint.embed(theta, sub, t)), theta[sub], self.hessian)
-            h_normal = joint.normal_precision[sub]
-            alpha, log_evidence = self._prior_scale(joint, theta, sub, h_data, h_normal)
-            if not status.complete:
-                break
-        precision = h_data + alpha * (h_normal if self.hessian == "diag" else torch.diag(h_normal))
-        draws = theta.expand(problem.num_samples, -1).clone()
-        draws[:, sub] = self._draw(theta[sub], precision, problem.num_samples)
-        values, log_det = joint.latents.unpack(draws)
-        samples = {k: v.unsqueeze(0) for k, v in values.items()}
-        log_q = None  # over every latent, q is a density: log N(u; theta, H^-1) less log |J| (constrained scale)
-        if self.subset == "all":
-            log_q = _gaussian_log_density(draws - theta, precision, self.hessian) - log_det
-        info = dict(hessian=self.hessian, curvature=self.curvature, subset=self.subset, predictive=self.predictive,
-                    prior_precision_scale=alpha, log_marginal_likelihood=log_evidence,
-                    num_parameters=len(sub), map_loss=losses[-1] if losses else float("nan"))
-        params = {"laplace.loc": theta.detach(), "laplace.precision": precision.detach().float()}
-        return FitResult(samples, status=status, loss=losses, params=params, info=info, log_q=log_q)
+        return self.curvature or ("fisher" if approximate else "exact")
+
+    def _map_round(self, joint, theta, alpha, progress, losses, status):
+        optimizer = self._optimizer(joint)
+        kept = len(losses)
+        found, round_status = self._map(joint, theta, alpha, progress, losses, optimizer)
+        if round_status.stopped and self.optimizer == "auto" and optimizer == "lbfgs":
+            # a line search that strays where the model is undefined: Adam's small steps do not
+            del losses[kept:]
+            found, round_status = self._map(joint, theta, alpha, progress, losses, "adam")
+        status.merge(round_status)
+        return found
+
+    @staticmethod
+    def _point_of(posterior, joint) -> torch.Tensor:
+        """The flat unconstrained point of another fit of the same model: the mean of its draws."""
+        draws = getattr(posterior, "samples", None)
+        missing = [n for n in joint.latents.names if draws is None or n not in draws]
+        if missing:
+            raise ZooError(f"laplace: at= takes a Posterior of a model with the same latent sites; {missing} are "
+                           "not among its draws")
+        point = {n: draws[n].reshape(-1, *draws[n].shape[2:]).mean(0) for n in joint.latents.names}
+        for n, value in point.items():
+            if tuple(value.shape) != joint.latents.shapes[n]:
+                raise ZooError(f"laplace: at=: site {n!r} has shape {tuple(value.shape)} there and "
+                               f"{joint.latents.shapes[n]} in this model")
+        return joint.latents.pack({n: v.to(joint.initial) for n, v in point.items()}).detach()
 
     def _optimizer(self, joint) -> str:
         if self.optimizer not in OPTIMIZERS:
@@ -154,15 +198,10 @@ class Laplace:
                            "(ZooModel(last_layer=[...])); this one does not, so use subset='all'")
         return problem.last_layer
 
-    def _check_memory(self, size: int) -> None:
-        limit = self.memory_limit_gb
-        if limit is None:
-            limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4 / 2**30
-        need = 4 * size * size * 8 / 2**30  # four dense float64 matrices at the peak
-        if need > limit:
-            raise ZooError(f"laplace: a full Hessian over {size:,} parameters needs about {need:.1f} GiB, "
-                           f"more than the {limit:.1f} GiB allowed; use hessian='diag' or "
-                           "subset='last-layer' (or raise memory_limit_gb)")
+    def _memory_limit(self) -> float:
+        if self.memory_limit_gb is not None:
+            return self.memory_limit_gb
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4 / 2**30
 
     def _map(self, joint: LaplaceTerms, start, alpha: float, progress: bool, losses: list, optimizer: str):
         """The MAP of the log joint from ``start`` (L-BFGS or Adam); the last finite point and the status."""
@@ -222,60 +261,62 @@ class Laplace:
             status.warnings.append(warning + "; a Laplace fit around an unconverged MAP is poor")
         return kept, status
 
-    def _likelihood_curvature(self, joint, theta, sub):
-        size = len(sub)
-        # in float64: with a large noise precision (naval) float32 sums of outer products lost positive
-        # definiteness (56 eigenvalues not positive)
-        total = torch.zeros((size, size) if self.hessian == "full" else size, device=theta.device, dtype=torch.float64)
-        rows = 2**25 // max(size, 1)  # a block's Jacobian (rows x size) stays within 128 MiB
-        if self.curvature == "fisher":  # and each row's backward pass runs through the whole block: B^2 work
-            rows = min(rows, FISHER_BLOCK)
-        for idx in joint.blocks(rows):
-            if self.curvature == "exact":
-                total += exact_curvature(lambda t, i=idx: -joint.pointwise(joint.embed(theta, sub, t), i).sum(),
-                                         theta[sub], self.hessian)
-                continue
-            for _ in range(self.fisher_samples):
-                y_sim = joint.simulate(theta, idx)
-                jac = torch.func.jacrev(
-                    lambda t, i=idx, ys=y_sim: joint.pointwise(joint.embed(theta, sub, t), i, ys))(theta[sub])
-                jac = jac.double()
-                total += (jac.T @ jac if self.hessian == "full" else (jac ** 2).sum(0)) / self.fisher_samples
-        return total
-
-    def _prior_scale(self, joint, theta, sub, h_data, h_normal):
-        """The prior-precision factor alpha maximising the Laplace evidence, and that evidence."""
+    def _tune_prior(self, joint, theta, sub, names, precision):
+        """The prior-precision factors (per coordinate of ``sub``) that maximise the Laplace evidence, and that
+        evidence: one factor for all from a grid, then with ``prior_per_site`` one per site by MacKay's updates
+        ``alpha_k = gamma_k / |theta_k|^2_d``, ``gamma_k = n_k - alpha_k tr(Sigma_k d)``, kept if the evidence
+        rose."""
         with torch.no_grad():
             fixed = joint.total_log_likelihood(theta) + joint.other_log_prior(theta).item()
         fixed += 0.5 * len(sub) * math.log(2 * math.pi)
-        logdet = logdet_path(h_data.double(), h_normal.double(), self.hessian)
-        mask = joint.is_normal & torch.zeros_like(joint.is_normal).index_fill(0, sub, True)
+        d = joint.normal_precision[sub].double()
+        squares = d * (theta[sub] - joint.prior_loc[sub]).double() ** 2
+        normal = d > 0
 
         def log_evidence(alpha):
-            value = logdet(alpha)
-            if value is None:
+            logdet = precision.logdet(alpha)
+            if logdet is None:
                 return -math.inf
-            return fixed + joint.normal_log_prior(theta, alpha, mask).item() - 0.5 * value
+            log_prior = 0.5 * ((alpha * d / (2 * math.pi)).log() - alpha * squares)[normal].sum()
+            return fixed + float(log_prior) - 0.5 * logdet
 
-        grid = [10 ** (k / 10) for k in range(-30, 31)] if self.tune_prior and bool((h_normal > 0).any()) else [1.0]
-        alpha = max(grid, key=log_evidence)
-        return alpha, log_evidence(alpha)
+        ones = torch.ones_like(d)
+        tune = self.tune_prior and bool(normal.any())
+        alpha = ones * max(PRIOR_GRID if tune else [1.0], key=lambda a: log_evidence(a * ones))
+        best = log_evidence(alpha)
+        if tune and self.prior_per_site:
+            groups = _tie(self._site_positions(joint, names, sub), getattr(precision, "tied", []))
+            groups = [g for g in groups if bool(normal[g].all())]
+            trial = alpha.clone()
+            for _ in range(MACKAY_ITERATIONS):
+                variances = precision.variances(trial)
+                previous = trial.clone()
+                for g in groups:
+                    gamma = len(g) - float((trial[g] * d[g] * variances[g]).sum())
+                    trial[g] = min(max(gamma, 1e-8) / max(float(squares[g].sum()), 1e-12), PRIOR_GRID[-1] * 1e3)
+                if float(((trial - previous).abs() / previous).max()) < 1e-4:
+                    break
+            if log_evidence(trial) > best:
+                alpha, best = trial, log_evidence(trial)
+        return alpha, best
 
-    def _draw(self, theta, precision, num_samples):
-        eps = torch.randn(num_samples, theta.numel(), dtype=torch.float64, device=theta.device)
-        if self.hessian == "diag":
-            if (precision <= 0).any():
-                raise not_positive(int((precision <= 0).sum()), self.curvature)
-            return (theta + eps / precision.double().sqrt()).float()
-        chol, bad = torch.linalg.cholesky_ex(precision.double())
-        if bad:
-            negative = int((torch.linalg.eigvalsh(precision.double()) <= 0).sum())
-            raise not_positive(negative, self.curvature)
-        # theta + L^-T eps has covariance (L L^T)^-1 = precision^-1
-        offsets = torch.linalg.solve_triangular(chol.T, eps.T, upper=True).T
-        return (theta + offsets).float()
+    @staticmethod
+    def _site_positions(joint, names, sub) -> list[torch.Tensor]:
+        """Each site's coordinates as positions in ``sub`` (sites in the subset's order)."""
+        out, start = [], 0
+        for n in names:
+            a, b = joint.latents.spans[n]
+            out.append(torch.arange(start, start + b - a, device=sub.device))
+            start += b - a
+        return out
 
-
+    @staticmethod
+    def _scales(joint, names, alpha) -> float | dict[str, float]:
+        """The prior-precision factor: one number, or one per site where they differ."""
+        per_site = {n: float(alpha[joint.latents.spans[n][0]]) for n in names
+                    if bool(joint.is_normal[slice(*joint.latents.spans[n])].any())}
+        values = set(per_site.values())
+        return values.pop() if len(values) == 1 else (per_site or 1.0)
 
 
 def _newton_polish(loss_fn, theta, max_steps: int = 20):
@@ -308,11 +349,10 @@ def _lbfgs(theta):
                              tolerance_grad=1e-9, tolerance_change=1e-14)
 
 
-def _gaussian_log_density(offsets, precision, structure) -> torch.Tensor:
-    """log N(offsets; 0, precision^-1) per row (float64 inside)."""
-    offsets, precision = offsets.double(), precision.double()
-    if structure == "diag":
-        quad, logdet = (offsets**2 * precision).sum(-1), precision.log().sum()
-    else:
-        quad, logdet = ((offsets @ precision) * offsets).sum(-1), torch.linalg.slogdet(precision)[1]
-    return (0.5 * (logdet - quad - offsets.shape[-1] * math.log(2 * math.pi))).float()
+def _tie(groups: list[torch.Tensor], tied: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``groups`` (disjoint positions covering the subset) merged wherever one of ``tied`` spans several."""
+    label = torch.cat([torch.full((len(g),), k) for k, g in enumerate(groups)])[torch.cat(groups).argsort().cpu()]
+    for block in tied:
+        present = label[block.cpu()].unique()
+        label[torch.isin(label, present)] = int(present.min())
+    return [(label == k).nonzero().squeeze(-1).to(groups[0].device) for k in label.unique().tolist()]

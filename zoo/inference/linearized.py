@@ -11,6 +11,7 @@ every draw at once. With a Normal likelihood the draws are a Monte Carlo form of
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 import torch.autograd.forward_ad as fwad
@@ -78,7 +79,10 @@ class LinearizedRunner:
 
         with fwad.dual_level():
             primal = self.theta_map.to(theta).expand_as(theta).clone()
-            values = latents.constrain(fwad.make_dual(primal, theta - primal))
+            with warnings.catch_warnings():  # torch 2.14's first dual tensor scripts decompositions it deprecates
+                warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
+                dual = fwad.make_dual(primal, theta - primal)
+            values = latents.constrain(dual)
             out = self.outputs.run(values, args, read, indices)
             value, tangent = fwad.unpack_dual(out[found["name"]])
         if tangent is None:  # the output does not depend on the latents

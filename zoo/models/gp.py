@@ -18,7 +18,11 @@ inputs and the noise are point estimates (type-II maximum likelihood), as in bot
 
 from __future__ import annotations
 
-import gpytorch
+import warnings
+
+with warnings.catch_warnings():  # linear_operator 0.6.1 calls torch.jit.script at import, deprecated from torch 2.14
+    warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
+    import gpytorch
 import pyro
 import pyro.distributions as dist
 import torch
