@@ -57,9 +57,14 @@ class LaplaceTerms:
         device = self.initial.device
         return torch.cat(locs).to(device), torch.cat(scales).to(device)
 
-    def embed(self, theta, sub, values) -> torch.Tensor:
-        """``theta`` held fixed with coordinates ``sub`` taken from ``values`` (only they carry gradients)."""
-        return theta.detach().index_copy(0, sub, values)
+    def embed(self, theta, sub, values) -> dict[str, torch.Tensor]:
+        """``theta`` held fixed with coordinates ``sub`` taken from ``values``, split by site: only the sites
+        ``sub`` touches carry gradients, so a last layer's backward pass stops at the last layer."""
+        theta = theta.detach()
+        full = theta.index_copy(0, sub, values)
+        touched = torch.zeros_like(theta, dtype=torch.bool).index_fill(0, sub, True)
+        return {n: (full if bool(touched[a:b].any()) else theta)[a:b].reshape(self.latents.free_shapes[n])
+                for n, (a, b) in self.latents.spans.items()}
 
     def minibatch(self, step: int):
         """The indices of minibatch ``step`` (None: full batch)."""
@@ -117,7 +122,9 @@ class LaplaceTerms:
         for name, site in trace.nodes.items():
             if self._other_term(name, site):
                 total = total + site["fn"].log_prob(site["value"]).sum()
-        return total - self.normal_log_prior(theta)
+        flat = theta if isinstance(theta, torch.Tensor) else torch.cat([theta[n].reshape(-1)
+                                                                       for n in self.latents.names])
+        return total - self.normal_log_prior(flat)
 
     def pointwise(self, theta, indices=None, observed=None) -> torch.Tensor:
         """Log-likelihood of every observation (all observed sites, flattened and joined): at the data,

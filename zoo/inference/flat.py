@@ -43,15 +43,20 @@ class FlatLatents:
         """Indices into the flat vector of the sites ``names``."""
         return torch.cat([torch.arange(*self.spans[n], device=device) for n in names])
 
-    def split(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Unconstrained values per site, (..., *free shape)."""
+    def split(self, theta) -> dict[str, torch.Tensor]:
+        """Unconstrained values per site, (..., *free shape); ``theta`` flat, or already split."""
+        if isinstance(theta, dict):
+            return theta
         lead = theta.shape[:-1]
         return {n: theta[..., a:b].reshape(tuple(lead) + self.free_shapes[n]) for n, (a, b) in self.spans.items()}
 
-    def unpack(self, theta: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        lead = theta.shape[:-1]
-        values, log_det = {}, torch.zeros(lead, device=theta.device)
-        for n, u in self.split(theta).items():
+    def unpack(self, theta) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Constrained values per site and log |J|, from a flat ``theta`` (..., D) or its :meth:`split`."""
+        parts = self.split(theta)
+        first = parts[self.names[0]] if self.names else torch.zeros(0)
+        lead = first.shape[:first.dim() - len(self.free_shapes[self.names[0]])] if self.names else ()
+        values, log_det = {}, torch.zeros(lead, device=first.device)
+        for n, u in parts.items():
             x = self.transforms[n](u)
             values[n] = x
             log_det = log_det + self.transforms[n].log_abs_det_jacobian(u, x).reshape(*lead, -1).sum(-1)
