@@ -1,5 +1,7 @@
 """Laplace's linearised (GLM) predictive against the Jacobian computed by hand."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -86,3 +88,43 @@ def test_glm_refuses_a_model_without_a_network_output():
     x = torch.randn(20)
     with pytest.raises(ZooError, match="pyro.deterministic\\('f'"):
         zoo.fit(model, (x, 2 * x), "laplace", predictive="glm")
+
+
+def test_closed_form_glm_is_j_sigma_jt_and_its_normal(glm, data):
+    x = torch.linspace(-3, 3, 7).unsqueeze(-1)
+    closed = zoo.fit(glm.model, data, "laplace", at=glm, predictive="glm", glm_approx="closed", num_samples=10,
+                     seed=0)
+    theta_map = glm.params["laplace.loc"]
+    jac = torch.autograd.functional.jacobian(lambda t: _network(t, x), theta_map).double()
+    root = closed.params["laplace.root"].double()  # R R^T = Sigma (tested against the precision elsewhere)
+    sigma = root @ root.T
+    shift, scale = glm.target_scale
+    pred = closed.predict(x)
+    by_hand = torch.einsum("np,pq,nq->n", jac, sigma, jac).sqrt() * scale
+    torch.testing.assert_close(pred.epistemic_std.double(), by_hand, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(pred.mean, _network(theta_map, x) * scale + shift, rtol=1e-5, atol=1e-5)
+    precision = float(theta_map[-1:].exp())  # the noise at the MAP (its unconstrained coordinate is the log)
+    torch.testing.assert_close(pred.aleatoric_std, torch.full((7,), precision**-0.5 * scale), rtol=1e-4, atol=1e-6)
+    y = torch.sin(2 * x[:, 0])
+    total = (pred.epistemic_std**2 + pred.aleatoric_std**2).sqrt()
+    by_hand = dist.Normal((pred.mean - shift) / scale, total / scale).log_prob((y - shift) / scale) - torch.log(
+        torch.tensor(scale))
+    assert closed.evaluate((x, y))["test_ll"] == pytest.approx(float(by_hand.mean()), abs=1e-4)
+
+
+def test_probit_glm_of_a_classifier():
+    torch.manual_seed(1)
+    x = torch.randn(60, 2)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    model = zoo.load("bnn-classifier", in_features=2, out_features=2, hidden=[4])
+    fitted = zoo.fit(model, (x, y), "laplace", predictive="glm", num_samples=10, seed=0)
+    # the same curvature: from the same point and seed
+    mc = zoo.fit(model, (x, y), "laplace", predictive="glm", num_samples=4000, at=fitted, seed=0)
+    probit = zoo.fit(model, (x, y), "laplace", predictive="glm", glm_approx="closed", at=fitted, seed=0)
+    torch.testing.assert_close(probit.params["laplace.precision"], mc.params["laplace.precision"])
+    assert probit.predict(x).draw_probs.shape == (1, 60, 2)
+    # softmax(mean / sqrt(1 + pi var / 8)) of the linearised logits, their moments read off 4,000 Gaussian draws
+    _, logits, _ = mc.predictive_runner.linearize(mc.flat_samples(), (x, None))
+    by_hand = (logits.mean(0) / (1 + math.pi / 8 * logits.var(0)).sqrt()).softmax(-1)
+    torch.testing.assert_close(probit.predict(x).probs, by_hand, atol=0.01, rtol=0)
+    assert probit.info["glm_approx"] == "closed"

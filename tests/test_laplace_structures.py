@@ -55,6 +55,8 @@ def test_each_structure_is_the_gaussian_of_its_precision(kind):
     assert structure.logdet(alpha) == pytest.approx(float(torch.linalg.slogdet(matrix)[1]), rel=1e-9)
     covariance = torch.linalg.inv(matrix)
     torch.testing.assert_close(structure.variances(alpha), covariance.diagonal())
+    root = structure.root(alpha)
+    torch.testing.assert_close(root @ root.T, covariance)
     draws = structure.sample(200_000, alpha)
     torch.testing.assert_close(torch.cov(draws.T), covariance, atol=0.02 * float(covariance.abs().max()), rtol=0)
 

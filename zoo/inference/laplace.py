@@ -19,6 +19,8 @@ from .structures import HESSIANS, build_precision, check_memory
 CURVATURES = ("exact", "fisher")
 SUBSETS = ("all", "last-layer")
 PREDICTIVES = ("nn", "glm")
+GLM_APPROXIMATIONS = ("mc", "closed")
+CLOSED_FORM_MAX = 5000  # glm_approx="closed" keeps a dense square root of the covariance
 OPTIMIZERS = ("auto", "lbfgs", "adam")
 LBFGS_MAX_DIM = 1000  # auto: L-BFGS on the full data for models up to this many latent coordinates
 LBFGS_CHUNK = 50  # L-BFGS iterations per step of the loop (num_steps counts iterations)
@@ -73,6 +75,11 @@ class Laplace:
         How predictions use the Gaussian: ``"nn"`` runs the model at each draw of the weights; ``"glm"``
         runs it with the network's output (the site ``f`` or ``logits``) linearised at the MAP, which does
         not underfit as the "nn" predictive of a network does (Immer, Korzepa & Bauer 2021).
+    glm_approx : {"mc", "closed"}
+        How the linearised predictive meets the likelihood: averaged over Gaussian draws (``"mc"``), or in
+        closed form from the output's exact mean and variance ``diag(J Sigma J^T)``: ``Normal(f*, sigma^2 +
+        var)`` for regression, the probit approximation for a softmax (``"closed"``; up to 5,000 parameters,
+        whose covariance root it keeps).
     at : Posterior, optional
         Post-hoc Laplace: put the Gaussian at this fit's point (the mean of its draws; a MAP fit of the same
         model, such as a network's deterministic twin trained with svi) instead of searching for a MAP. The
@@ -95,6 +102,7 @@ class Laplace:
     rank: int = 100
     memory_limit_gb: float | None = None
     predictive: str = "nn"
+    glm_approx: str = "mc"
     at: object = None
 
     def fit(self, problem) -> FitResult:
@@ -105,6 +113,9 @@ class Laplace:
         names = self._subset_sites(problem, joint.latents.names)
         sub = joint.latents.coordinates(names, joint.initial.device)
         check_memory(self.hessian, {n: joint.latents.free_shapes[n] for n in names}, self.rank, self._memory_limit())
+        if self.closed_form and len(sub) > CLOSED_FORM_MAX:
+            raise ZooError(f"laplace: glm_approx='closed' keeps a dense root of the covariance over {len(sub):,} "
+                           f"parameters (at most {CLOSED_FORM_MAX:,}); use glm_approx='mc' or subset='last-layer'")
         theta, alpha, losses, status = joint.initial, 1.0, [], Status()
         if self.at is not None:
             theta = self._point_of(self.at, joint)
@@ -128,16 +139,20 @@ class Laplace:
         if self.subset == "all":
             log_q = precision.log_density((draws[:, sub] - theta[sub]).double(), alpha_sub).float() - log_det
         info = dict(hessian=self.hessian, curvature=curvature, subset=self.subset, predictive=self.predictive,
+                    glm_approx=self.glm_approx,
                     prior_precision_scale=self._scales(joint, names, alpha), log_marginal_likelihood=log_evidence,
                     num_parameters=len(sub), map_loss=losses[-1] if losses else float("nan"))
         params = {"laplace.loc": theta.detach(),
                   **{f"laplace.{k}": v.detach() for k, v in precision.state(alpha_sub).items()}}
+        if self.closed_form:
+            params.update({"laplace.root": precision.root(alpha_sub).float(), "laplace.coordinates": sub})
         return FitResult(samples, status=status, loss=losses, params=params, info=info, log_q=log_q)
 
     def _check_options(self, problem) -> str:
         """The options checked; the curvature to use."""
         for option, value, allowed in (("hessian", self.hessian, HESSIANS), ("subset", self.subset, SUBSETS),
                                        ("predictive", self.predictive, PREDICTIVES),
+                                       ("glm_approx", self.glm_approx, GLM_APPROXIMATIONS),
                                        ("curvature", self.curvature, (None, *CURVATURES))):
             if value not in allowed:
                 raise ZooError(f"laplace: {option} must be one of {allowed}, got {value!r}")
@@ -156,6 +171,10 @@ class Laplace:
                                "this model does not, so leave batch_size=None")
         return self.curvature or ("fisher" if approximate else "exact")
 
+    @property
+    def closed_form(self) -> bool:
+        return self.predictive == "glm" and self.glm_approx == "closed"
+
     def _map_round(self, joint, theta, alpha, progress, losses, status):
         optimizer = self._optimizer(joint)
         kept = len(losses)
@@ -169,7 +188,11 @@ class Laplace:
 
     @staticmethod
     def _point_of(posterior, joint) -> torch.Tensor:
-        """The flat unconstrained point of another fit of the same model: the mean of its draws."""
+        """The flat unconstrained point of another fit of the same model: a Laplace fit's mean, else the mean of
+        its draws (a point mass's one value)."""
+        params = getattr(posterior, "params", {})
+        if "laplace.loc" in params and params["laplace.loc"].shape == joint.initial.shape:
+            return params["laplace.loc"].to(joint.initial).clone()
         draws = getattr(posterior, "samples", None)
         missing = [n for n in joint.latents.names if draws is None or n not in draws]
         if missing:

@@ -108,8 +108,11 @@ class Posterior:
         path = self.info.get("vectorized", "plate")
         self.runner = DrawRunner(model.predictive, sites, path)
         # what predictions run: the model at each draw, or (Laplace's GLM predictive) its linearised network
-        self.predictive_runner = (LinearizedRunner(model.predictive, sites, path, self.params["laplace.loc"])
-                                  if self.info.get("predictive") == "glm" else self.runner)
+        self.predictive_runner = self.runner
+        if self.info.get("predictive") == "glm":
+            self.predictive_runner = LinearizedRunner(model.predictive, sites, path, self.params["laplace.loc"],
+                                                      self.params.get("laplace.root"),
+                                                      self.params.get("laplace.coordinates"))
 
     @property
     def num_chains(self) -> int:
@@ -213,6 +216,8 @@ class Posterior:
             return Prediction(mean=samples.mean(0), std=samples.std(0), samples=samples)
         means, variances = out["mean"] * scale + shift, out["variance"] * scale**2
         epistemic = means.var(0, unbiased=False)
+        if "linearised_variance" in out:  # Laplace's closed-form linearised predictive: the weights' part
+            epistemic = epistemic + out["linearised_variance"].mean(0) * scale**2
         aleatoric = variances.mean(0)
         return Prediction(mean=means.mean(0), std=(epistemic + aleatoric).sqrt(),
                           epistemic_std=epistemic.sqrt(), aleatoric_std=aleatoric.sqrt(), samples=samples)

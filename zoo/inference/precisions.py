@@ -4,7 +4,8 @@ log joint (the data's, and any prior that is not a fixed Normal) and ``d`` the f
 Every structure answers the same questions for a prior-precision factor ``alpha`` per coordinate (float64):
 ``logdet`` (None where not positive definite), ``variances`` (the covariance's diagonal, for the evidence's
 per-site tuning), ``sample`` (offsets from the mean) and ``log_density`` of offsets; ``state`` is what a saved
-posterior keeps.
+posterior keeps; ``root`` a dense square root ``R`` of the covariance (``R R^T = Sigma``), for the linearised
+predictive's closed form.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class Dense:
     def not_positive(self, alpha) -> int:
         return int((torch.linalg.eigvalsh(self.matrix(alpha)) <= 0).sum())
 
+    def root(self, alpha):
+        chol = self._chol(alpha)  # (L L^T)^-1 = L^-T L^-1
+        return torch.linalg.solve_triangular(chol.T, torch.eye(self.size, dtype=chol.dtype, device=chol.device),
+                                             upper=True)
+
     def state(self, alpha):
         return {"precision": self.matrix(alpha).float()}
 
@@ -80,6 +86,9 @@ class Diagonal:
 
     def not_positive(self, alpha) -> int:
         return int((self.diagonal(alpha) <= 0).sum())
+
+    def root(self, alpha):
+        return torch.diag(self.diagonal(alpha).rsqrt())
 
     def state(self, alpha):
         return {"precision": self.diagonal(alpha).float()}
@@ -117,6 +126,9 @@ class Kronecker:
     def not_positive(self, alpha) -> int:
         return int((self.eigenvalues(alpha) <= 0).sum())
 
+    def root(self, alpha):
+        return torch.kron(self.q1, self.q2) * self.eigenvalues(alpha).rsqrt().reshape(-1)
+
     def state(self, alpha):
         return {"q1": self.q1.float(), "q2": self.q2.float(), "eigenvalues": self.eigenvalues(alpha).float()}
 
@@ -147,13 +159,15 @@ class LowRank:
         # (C + U S U^T)^-1 = C^-1/2 (I - W (I + W^T W)^-1 W^T) C^-1/2
         return (1 - ((w @ torch.linalg.inv(inner)) * w).sum(-1)) / c
 
-    def sample(self, num, alpha):
+    def sample_map(self, alpha):
+        """Rows of standard normal noise -> rows with this covariance."""
         c, w = self._parts(alpha)
         q, sigma, _ = torch.linalg.svd(w, full_matrices=False)
-        eps = torch.randn(num, self.size, dtype=torch.float64, device=self.d.device)
         # (I + W W^T)^-1/2 = I + Q ((1 + sigma^2)^-1/2 - 1) Q^T
-        shrunk = eps + ((eps @ q) * ((1 + sigma**2).rsqrt() - 1)) @ q.T
-        return shrunk / c.sqrt()
+        return lambda eps: (eps + ((eps @ q) * ((1 + sigma**2).rsqrt() - 1)) @ q.T) / c.sqrt()
+
+    def sample(self, num, alpha):
+        return self.sample_map(alpha)(torch.randn(num, self.size, dtype=torch.float64, device=self.d.device))
 
     def log_density(self, x, alpha):
         c, _ = self._parts(alpha)
@@ -162,6 +176,9 @@ class LowRank:
 
     def not_positive(self, alpha) -> int:
         return int((alpha * self.d + self.e <= 0).sum())
+
+    def root(self, alpha):
+        return self.sample_map(alpha)(torch.eye(self.size, dtype=self.u.dtype, device=self.u.device)).T
 
     def state(self, alpha):
         return {"u": self.u.float(), "s": self.s.float(), "c": (alpha * self.d + self.e).float()}
@@ -200,6 +217,12 @@ class Blocks:
 
     def not_positive(self, alpha) -> int:
         return sum(part.not_positive(alpha[pos]) for pos, part in self.parts)
+
+    def root(self, alpha):
+        out = torch.zeros(self.size, self.size, dtype=torch.float64, device=alpha.device)
+        for pos, part in self.parts:
+            out[pos[:, None], pos[None, :]] = part.root(alpha[pos])
+        return out
 
     def state(self, alpha):
         out = {}
