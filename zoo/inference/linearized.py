@@ -48,7 +48,11 @@ class _Unsampled(Messenger):
 
     def _pyro_sample(self, msg):
         if msg["name"] in self.names and msg["value"] is None:
-            msg["value"] = torch.zeros(msg["fn"].shape())
+            base = msg["fn"]
+            while hasattr(base, "base_dist"):  # Independent, masked
+                base = base.base_dist
+            device = next((v.device for v in vars(base).values() if isinstance(v, torch.Tensor)), None)
+            msg["value"] = torch.zeros(msg["fn"].shape(), device=device)  # on the likelihood's device (CUDA)
 
 
 class LinearizedRunner:
