@@ -307,7 +307,7 @@ class Laplace:
         tune = self.tune_prior and bool(normal.any())
         alpha = ones * max(PRIOR_GRID if tune else [1.0], key=lambda a: log_evidence(a * ones))
         best = log_evidence(alpha)
-        if tune and self.prior_per_site:
+        if tune and self.prior_per_site and math.isfinite(best):  # (not positive definite: refused after)
             groups = _tie(self._site_positions(joint, names, sub), getattr(precision, "tied", []))
             groups = [g for g in groups if bool(normal[g].all())]
             trial = alpha.clone()
