@@ -60,11 +60,15 @@ def test_glm_and_nn_predictives_share_the_fit(data, glm):
     assert glm.evaluate(data)["test_ll"] > nn.evaluate(data)["test_ll"]
 
 
-def test_glm_predictive_of_a_classifier_averages_linearised_logits():
+def _classifier():
+    """A small classifier and two linearly separable classes."""
     torch.manual_seed(1)
     x = torch.randn(60, 2)
-    y = (x[:, 0] + x[:, 1] > 0).long()
-    model = zoo.load("bnn-classifier", in_features=2, out_features=2, hidden=[4])
+    return zoo.load("bnn-classifier", in_features=2, out_features=2, hidden=[4]), (x, (x[:, 0] + x[:, 1] > 0).long())
+
+
+def test_glm_predictive_of_a_classifier_averages_linearised_logits():
+    model, (x, y) = _classifier()
     post = zoo.fit(model, (x, y), "laplace", predictive="glm", num_samples=200, seed=0)
     pred = post.predict(x)
     assert pred.draw_probs.shape == (200, 60, 2)
@@ -113,10 +117,7 @@ def test_closed_form_glm_is_j_sigma_jt_and_its_normal(glm, data):
 
 
 def test_probit_glm_of_a_classifier():
-    torch.manual_seed(1)
-    x = torch.randn(60, 2)
-    y = (x[:, 0] + x[:, 1] > 0).long()
-    model = zoo.load("bnn-classifier", in_features=2, out_features=2, hidden=[4])
+    model, (x, y) = _classifier()
     fitted = zoo.fit(model, (x, y), "laplace", predictive="glm", num_samples=10, seed=0)
     # the same curvature: from the same point and seed
     mc = zoo.fit(model, (x, y), "laplace", predictive="glm", num_samples=4000, at=fitted, seed=0)

@@ -107,10 +107,9 @@ class LinearizedRunner:
         name, value, derivative, event_dim = self._jvp(latents, theta - self.theta_map.to(theta), args, indices)
         return name, value + derivative, event_dim
 
-    def moments(self, draws: dict, args: tuple, indices=None, chunk: int = 256):
+    def moments(self, latents: FlatLatents, args: tuple, indices=None, chunk: int = 256):
         """The output site's name, its mean ``f*`` and exact variance ``diag(J Sigma J^T)`` (shaped as one
         output), and its event dim: forward mode along the columns of the covariance's root, in chunks."""
-        latents = self._latents(draws, args)
         root = self.root.to(self.theta_map)
         variance = 0.0
         for start in range(0, root.shape[1], chunk):
@@ -134,8 +133,8 @@ class LinearizedRunner:
                           self.path)
 
     def _closed_form(self, draws, args, extract, indices):
-        name, mean, variance, event_dim = self.moments(draws, args, indices)
         latents = self._latents(draws, args)
+        name, mean, variance, event_dim = self.moments(latents, args, indices)
         at_map = {k: v.unsqueeze(0) for k, v in latents.constrain(self.theta_map.to(mean)).items()}
         runner = self._conditioned(name, mean.unsqueeze(0), event_dim)
         with _ClosedForm(self.sites.observed, mean, variance):
