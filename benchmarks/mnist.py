@@ -8,6 +8,9 @@ Adam on minibatches of 128 for the same number of epochs; ``weight-scaling`` is 
 fit predicting with its mean weights (standard dropout), ``map`` the deterministic twin ``lenet``.
 The ``laplace-*-glm`` methods are post-hoc: a Gaussian at the ``map`` fit of the same run (so at the same
 accuracy), with the linearised predictive; their fit_s is the Laplace step alone.
+With --validation F a random fraction F of the training digits is held out before anything trains (every
+method then trains on the rest), and the post-hoc methods choose the prior precision by the held-out
+digits' log predictive density (tune_prior="validation").
 OOD sets: the first --ood test digits rotated by 90 degrees, and uniform-noise images. Each run is
 appended to benchmarks/results/mnist-runs.jsonl; the summary table is rebuilt from all runs.
 """
@@ -15,6 +18,7 @@ appended to benchmarks/results/mnist-runs.jsonl; the summary table is rebuilt fr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -26,7 +30,9 @@ import torch
 
 import zoo
 from zoo import metrics
+from zoo._data import Split
 from zoo.inference.posterior import Posterior
+from zoo.inference.validation import holdout
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "mnist-runs.jsonl"
@@ -73,9 +79,13 @@ def score(post, data, ood, n_ood):
     return row
 
 
-def run(fractions, methods, epochs, num_samples, n_ood, path, seed):
+def run(fractions, methods, epochs, num_samples, n_ood, path, seed, validation):
     for fraction in fractions:
         data = zoo.datasets.load("mnist", path=path, fraction=fraction, seed=seed)
+        held = None
+        if validation:
+            kept, held = holdout(data.train.args, validation, seed)
+            data = dataclasses.replace(data, train=Split(*kept))
         ood = ood_sets(data.test, n_ood)
         # the same number of optimiser steps on every fraction, at least `epochs` passes
         n_epochs = max(epochs, round(epochs / fraction ** 0.5))
@@ -88,6 +98,8 @@ def run(fractions, methods, epochs, num_samples, n_ood, path, seed):
             model = zoo.load(model_name, data=data)
             if options.get("at") == "map":  # post-hoc: the MAP is the `map` fit's, only the Gaussian is new
                 options = {**options, "at": fitted_map}
+                if held is not None:
+                    options.update(tune_prior="validation", validation=held)
             elif backend == "svi":
                 options = {**options, "num_epochs": n_epochs}
             else:  # the MAP gets the same number of passes, in minibatches of 256
@@ -105,6 +117,7 @@ def run(fractions, methods, epochs, num_samples, n_ood, path, seed):
                 scored.append(("weight-scaling", weight_scaled(post)))
             for name, fitted in scored:
                 row = {"method": name, "fraction": fraction, "train_size": len(data.train), "epochs": n_epochs,
+                       "validation": validation,
                        "draws": fitted.num_draws, "fit_s": fit_s, **score(fitted, data, ood, n_ood),
                        "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, CPU",
                        "torch": torch.__version__}
@@ -113,10 +126,11 @@ def run(fractions, methods, epochs, num_samples, n_ood, path, seed):
 
 
 def summarise():
-    latest = {(row["fraction"], row["epochs"], row["method"]): row for row in _runs.read(RUNS)}
+    latest = {(row["fraction"], row["epochs"], row.get("validation") or 0.0, row["method"]): row
+              for row in _runs.read(RUNS)}
     groups = defaultdict(list)
-    for key, row in sorted(latest.items(), key=lambda kv: (-kv[0][0], kv[0][1], kv[0][2])):
-        groups[key[:2]].append(row)
+    for key, row in sorted(latest.items(), key=lambda kv: (-kv[0][0], *kv[0][1:])):
+        groups[key[:3]].append(row)
     cols = ["error_pct", "nll", "ece", "brier", "auroc_rotated_entropy", "auroc_rotated_mi",
             "auroc_noise_entropy", "auroc_noise_mi", "draws", "fit_s", "predict_s"]
     lines = ["# bayes-lenet on MNIST", "",
@@ -125,9 +139,10 @@ def summarise():
              "90 degrees, or 2,000 uniform-noise images). Published: Gal & Ghahramani 2015 fig. 2, lenet-all "
              "after 10^6 iterations (about 0.5 % MC dropout, 0.6 % weight scaling, 1 % without dropout). "
              "fit_s and predict_s are wall seconds; the runs shared the 2 cores with other jobs.", ""]
-    for (fraction, epochs), group in groups.items():
+    for (fraction, epochs, validation), group in groups.items():
         first = group[0]
-        lines += [f"## fraction {fraction:g} ({first['train_size']:,} training images, {epochs} epochs)", "",
+        held = f" after holding out {validation:g} of the split for the post-hoc prior" if validation else ""
+        lines += [f"## fraction {fraction:g} ({first['train_size']:,} training images{held}, {epochs} epochs)", "",
                   "| method | published error % | " + " | ".join(cols) + " |",
                   "|---" * (len(cols) + 2) + "|"]
         for row in group:
@@ -150,10 +165,13 @@ def main():
     parser.add_argument("--ood", type=int, default=2000, help="test digits used for the OOD comparison")
     parser.add_argument("--path", default=None, help="folder with the MNIST IDX files (default: $ZOO_DATA/mnist)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validation", type=float, default=None,
+                        help="fraction of the training digits held out to tune the post-hoc prior precision")
     parser.add_argument("--summary-only", action="store_true")
     args = parser.parse_args()
     if not args.summary_only:
-        run(args.fractions, args.methods, args.epochs, args.num_samples, args.ood, args.path, args.seed)
+        run(args.fractions, args.methods, args.epochs, args.num_samples, args.ood, args.path, args.seed,
+            args.validation)
     summarise()
 
 

@@ -64,6 +64,7 @@ class Problem:
     path: str = "plate"
     make_guide: Callable | None = None
     last_layer: list[str] | None = None
+    validation: tuple | None = None  # held-out arguments (fit's validation=)
     _flat: tuple | None = field(default=None, repr=False)
 
     def flat(self) -> tuple[FlatLatents, LogDensity, torch.Tensor]:

@@ -16,6 +16,7 @@ from .flat import decide_path, importance_log_ratios
 from .posterior import Posterior
 from .scale import scale_warnings
 from .sites import Sites
+from .validation import holdout
 
 
 def _check_device(device) -> None:
@@ -34,8 +35,21 @@ def _check_device(device) -> None:
         raise ZooError(f"device={device!r} but torch sees {torch.cuda.device_count()} CUDA device(s)")
 
 
+def _held_out(zm, validation, args, device, seed, engine) -> tuple[tuple, tuple | None]:
+    """The arguments to fit and the held-out ones ``validation`` names (data, or a fraction of ``args``)."""
+    if validation is None:
+        return args, None
+    if not getattr(engine, "takes_validation", False):
+        raise ZooError(f"validation= is used by the laplace backend only, not by {engine.name!r}; leave it out")
+    if isinstance(validation, float):
+        return holdout(args, validation, seed)
+    held, _ = zm.arguments(validation, device)
+    zm.validate(held)
+    return args, held
+
+
 def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int | None = None,
-        device: str | None = None, progress: bool | None = None, **options) -> Posterior:
+        device: str | None = None, progress: bool | None = None, validation=None, **options) -> Posterior:
     """Fit ``model`` to ``data`` with a backend; returns a :class:`Posterior`.
 
     Parameters
@@ -53,6 +67,10 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
         Seeds Pyro, torch and numpy for a reproducible fit.
     device : str, optional
         ``"cuda"`` or ``"cpu"``; the data moves there and the model follows it.
+    validation : Split, tuple or float, optional
+        Held-out data in the form of ``data`` (same scaling), or a fraction of ``data``'s points to hold out
+        (at random, by ``seed``); ``laplace`` uses it to stop its MAP early and with
+        ``tune_prior="validation"`` to choose the prior precision by held-out log predictive density.
     **options
         Options of the backend, e.g. ``num_steps=2000, guide="mc-dropout"`` for svi.
 
@@ -80,6 +98,7 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     _check_device(device)
     args, target_scale = zm.arguments(data, device)
     zm.validate(args)
+    args, validation = _held_out(zm, validation, args, device, seed, engine)
     if seed is not None:
         pyro.set_rng_seed(seed)
     pyro.clear_param_store()
@@ -91,7 +110,7 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     for message in scale_warnings(zm.model, args, sites):
         warnings.warn(message, ZooWarning, stacklevel=2)
     problem = Problem(zm.model, args, sites, num_samples, progress, zm.init_loc_fn,
-                      make_guide=zm.make_guide, last_layer=zm.last_layer)
+                      make_guide=zm.make_guide, last_layer=zm.last_layer, validation=validation)
     problem.path = path = "plate" if zm.vectorized else decide_path(problem)
     start = time.perf_counter()
     result = engine.fit(problem)

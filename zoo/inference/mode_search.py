@@ -1,0 +1,150 @@
+"""Laplace's search for the mode: L-BFGS on the full data (with Newton's polish) or Adam on minibatches, guarded
+against non-finite losses, stopped early on held-out data when asked."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .._errors import ZooError
+from ._base import lr_gamma
+from .curvature import LaplaceTerms, exact_curvature
+from .loop import Converged, NonFinite, check_finite, converged, run_steps
+from .validation import EarlyStop
+
+OPTIMIZERS = ("auto", "lbfgs", "adam")
+LBFGS_MAX_DIM = 1000  # auto: L-BFGS on the full data for models up to this many latent coordinates
+LBFGS_CHUNK = 50  # L-BFGS iterations per step of the loop (num_steps counts iterations)
+
+
+@dataclass
+class ModeSearch:
+    """The MAP of a log joint whose Normal priors' precisions are scaled by ``alpha`` (Laplace's options of the
+    same names)."""
+
+    optimizer: str
+    num_steps: int
+    lr: float
+    lr_decay: float
+    patience: int | None
+
+    def run(self, joint: LaplaceTerms, theta, alpha, progress: bool, losses: list, status, validation=None):
+        """The mode from ``theta``: losses appended to ``losses``, the run's status merged into ``status``."""
+        optimizer = self._optimizer(joint)
+        kept = len(losses)
+        stop = lambda: EarlyStop(validation, joint.latents, self.patience) if self.patience else None  # noqa: E731
+        found, round_status = self._map(joint, theta, alpha, progress, losses, optimizer, stop())
+        if round_status.stopped and self.optimizer == "auto" and optimizer == "lbfgs":
+            # a line search that strays where the model is undefined: Adam's small steps do not
+            del losses[kept:]
+            found, round_status = self._map(joint, theta, alpha, progress, losses, "adam", stop())
+        status.merge(round_status)
+        return found
+
+    def _optimizer(self, joint) -> str:
+        if self.optimizer not in OPTIMIZERS:
+            raise ZooError(f"laplace: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.optimizer != "auto":
+            return self.optimizer
+        small = joint.latents.dim <= LBFGS_MAX_DIM and joint.batch_size is None
+        return "lbfgs" if small else "adam"
+
+    def _map(self, joint: LaplaceTerms, start, alpha: float, progress: bool, losses: list, optimizer: str,
+             early: EarlyStop | None = None):
+        """The MAP of the log joint from ``start`` (L-BFGS or Adam); the last finite point and the status. With
+        ``early``, the point of best held-out log-likelihood, checked every chunk of 50 iterations."""
+        theta = start.clone().requires_grad_(True)
+        lbfgs = optimizer == "lbfgs"
+        if lbfgs:
+            optim = _lbfgs(theta)
+        else:
+            optim = torch.optim.Adam([theta], lr=self.lr)
+            sched = torch.optim.lr_scheduler.ExponentialLR(optim, lr_gamma(self.lr_decay, self.num_steps))
+        first, previous, stalls = len(losses), start, 0
+
+        def objective(t):
+            optim.zero_grad()
+            try:
+                loss = -joint.log_joint(theta, alpha, joint.minibatch(t)) / joint.num_points
+            except ValueError as err:  # a distribution built from non-finite parameters
+                if "invalid values" not in str(err):
+                    raise
+                raise NonFinite("the loss became nan") from None
+            check_finite(loss.item())
+            loss.backward()
+            return loss
+
+        def step(t):
+            nonlocal optim, previous, stalls
+            if lbfgs:
+                previous = theta.detach().clone()
+                loss = optim.step(lambda: objective(t)).item()
+                if not torch.isfinite(theta).all():
+                    raise NonFinite("the parameters became non-finite")
+                if early is not None and early.check(theta):
+                    raise Converged
+                if len(losses) > first and abs(losses[-1] - loss) < 1e-7 * max(abs(loss), 1.0):
+                    stalls += 1  # no progress: converged, or a line search lost in bad curvature
+                    if stalls > 1 or float(theta.grad.abs().max()) < 1e-4:
+                        raise Converged
+                    optim = _lbfgs(theta)  # forget the history and go on once more
+                else:
+                    stalls = 0
+                return loss
+            loss = objective(t)
+            previous = theta.detach().clone()  # the point that gave the last finite loss
+            optim.step()
+            sched.step()
+            if early is not None and (t + 1) % LBFGS_CHUNK == 0 and early.check(theta):
+                raise Converged
+            return loss.item()
+
+        steps = math.ceil(self.num_steps / LBFGS_CHUNK) if lbfgs else self.num_steps
+        status = run_steps(steps, step, "laplace MAP", progress, losses=losses)
+        kept = previous if status.stopped else theta.detach()
+        if early is not None and early.point is not None:
+            kept = early.point
+        elif lbfgs and status.complete:
+            kept = _newton_polish(lambda t: -joint.log_joint(t, alpha) / joint.num_points, kept)
+        if lbfgs:  # a Converged signal ends the loop before its last step
+            warning = None if not status.complete or status.steps_done < steps else (
+                f"laplace: L-BFGS had not converged after {self.num_steps} iterations; raise num_steps")
+        else:
+            warning = converged(losses[first:], "laplace: the MAP")
+        if warning and not (early is not None and early.stopped):
+            status.warnings.append(warning + "; a Laplace fit around an unconverged MAP is poor")
+        return kept, status
+
+
+
+def _newton_polish(loss_fn, theta, max_steps: int = 20):
+    """Newton steps from ``theta`` while they lower the loss: float32 L-BFGS can stall short of the mode of
+    an ill-conditioned posterior (an intercept beside unscaled predictors), where the exact Hessian of a
+    small model still points the way. Stops at a Hessian that is not positive definite."""
+    loss = float(loss_fn(theta))
+    for _ in range(max_steps):
+        t = theta.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(t), t)
+        if float(grad.abs().max()) < 1e-7:
+            break
+        chol, bad = torch.linalg.cholesky_ex(exact_curvature(loss_fn, theta, "full").double())
+        if bad:
+            break
+        step = torch.cholesky_solve(grad.double().unsqueeze(-1), chol).squeeze(-1).to(theta.dtype)
+        for scale in (1.0, 0.5, 0.25, 0.125):
+            trial = theta - scale * step
+            value = float(loss_fn(trial))
+            if value < loss:
+                break
+        else:
+            break
+        theta, loss = trial.detach(), value
+    return theta
+
+
+def _lbfgs(theta):
+    return torch.optim.LBFGS([theta], lr=1.0, max_iter=LBFGS_CHUNK, history_size=50, line_search_fn="strong_wolfe",
+                             tolerance_grad=1e-9, tolerance_change=1e-14)
+
