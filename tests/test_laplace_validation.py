@@ -39,7 +39,7 @@ def test_holdout_splits_rows_by_seed():
 def test_grid_finds_the_best_factor_to_a_quarter_decade():
     alpha = torch.full((3,), 2.0)
     best, score = by_validation(lambda a: -(math.log10(float(a[0]) / 2.0) - 0.75) ** 2, alpha)
-    assert torch.allclose(best, alpha * 10**0.75) and score == pytest.approx(0.0, abs=1e-12)
+    assert best == pytest.approx(10**0.75) and score == pytest.approx(0.0, abs=1e-12)
 
 
 def test_the_score_is_the_posteriors_own_held_out_density(data):
@@ -83,6 +83,17 @@ def test_patience_stops_an_overfitting_map_early(data):
     assert held_ll(early) > held_ll(full)
 
 
+def test_refit_trains_on_every_point_for_the_length_the_early_stop_found(data):
+    train, held = data
+    early = _fit(train, tune_prior=False, num_steps=2000, patience=2, validation=held)
+    refit = _fit(train, tune_prior=False, num_steps=2000, patience=2, validation=held, refit=True)
+    checks = len(early.loss)  # L-BFGS records one loss per check of 50 iterations; the best came `patience` before
+    assert len(refit.loss) == checks + (checks - 2)
+    assert refit.loss[:checks] == early.loss
+    assert not torch.equal(refit.params["laplace.loc"], early.params["laplace.loc"])
+    assert refit.info["map_loss"] == refit.loss[-1]
+
+
 def test_held_out_data_is_refused_where_it_is_not_used(data):
     train, held = data
     with pytest.raises(ZooError, match="validation= is used by the laplace backend only"):
@@ -93,5 +104,7 @@ def test_held_out_data_is_refused_where_it_is_not_used(data):
         _fit(train, patience=3)
     with pytest.raises(ZooError, match="tune_prior must be one of"):
         _fit(train, tune_prior="marginal")
+    with pytest.raises(ZooError, match="set patience too"):
+        _fit(train, validation=held, refit=True)
     with pytest.raises(ZooError, match="between 0 and 1"):
         _fit(train, validation=1.5, patience=2)

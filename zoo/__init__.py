@@ -5,7 +5,7 @@
 True
 """
 
-from . import datasets, metrics, models  # noqa: F401  (models registers the built-in families)
+from . import active, datasets, metrics, models  # noqa: F401  (models registers the built-in families)
 from ._card import ModelCard
 from ._data import Split
 from ._errors import DiagnosticWarning, NonFiniteLossError, ZooError, ZooWarning
@@ -16,6 +16,6 @@ from .inference import Posterior, fit
 load_posterior = Posterior.load
 
 __all__ = ["DiagnosticWarning", "ModelCard", "NonFiniteLossError", "Posterior", "Split", "ZooError", "ZooModel",
-           "ZooWarning", "card", "datasets", "fit", "list_models", "load", "load_posterior", "metrics",
+           "ZooWarning", "active", "card", "datasets", "fit", "list_models", "load", "load_posterior", "metrics",
            "register_model", "unregister_model"]
 __version__ = "0.1.0"

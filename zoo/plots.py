@@ -123,3 +123,17 @@ def latent_scatter(codes: torch.Tensor, labels, path, title: str = "") -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def learning_curves(curves: dict[str, tuple[list, list]], path, metric: str = "error_pct") -> Path:
+    """One line per name: ``metric`` (y) against the number of labels (x), as active learning reports it."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (labels, values) in curves.items():
+        ax.plot(labels, values, marker="o", ms=3, label=name)
+    ax.set(xlabel="labelled points", ylabel="test error (%)" if metric == "error_pct" else metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from .loop import Status
 from .mode_search import ModeSearch
 from .prior_tuning import VALIDATION_DRAWS, Evidence, by_validation, tie
 from .structures import HESSIANS, build_precision, check_memory
-from .validation import Validation
+from .validation import Validation, joined
 
 CURVATURES = ("exact", "fisher")
 SUBSETS = ("all", "last-layer")
@@ -69,6 +70,10 @@ class Laplace:
     patience : int, optional
         With held-out data (``zoo.fit(..., validation=)``): stop the MAP early, keeping the point with the best
         held-out log-likelihood, once ``patience`` checks in a row (one per 50 iterations) have not improved it.
+    refit : bool
+        With ``patience``: then fit again on the training and held-out points together, each round's MAP
+        stopped after the iterations the early stop found (and the prior factor ``tune_prior="validation"``
+        found applied again): the held-out points choose the length of training, then train.
     num_steps, lr, lr_decay : MAP iterations (L-BFGS or Adam steps); Adam's learning rate and schedule.
     batch_size : int, optional
         Minibatches for the MAP and blocks of points for the curvature (default: all points at
@@ -100,6 +105,7 @@ class Laplace:
     prior_per_site: bool = False
     prior_rounds: int = 1
     patience: int | None = None
+    refit: bool = False
     num_steps: int = 3000
     batch_size: int | None = None
     optimizer: str = "auto"
@@ -125,26 +131,24 @@ class Laplace:
                            f"parameters (at most {CLOSED_FORM_MAX:,}); use glm_approx='mc' or subset='last-layer'")
         validation = Validation(problem.model, problem.sites, problem.path, problem.validation) \
             if problem.validation is not None else None
-        theta, alpha, losses, status = joint.initial, 1.0, [], Status()
+        losses, status, info = [], Status(), {}
         search = ModeSearch(self.optimizer, self.num_steps, self.lr, self.lr_decay, self.patience)
-        if self.at is not None:
-            theta = self._point_of(self.at, joint)
-        for _ in range(self.prior_rounds if self.tune_prior and self.at is None else 1):
-            if self.at is None:
-                theta = search.run(joint, theta, alpha, problem.progress, losses, status, validation)
-            precision = build_precision(joint, theta, sub, self.hessian, curvature, self.fisher_samples, self.rank)
-            evidence = Evidence(joint, theta, sub, precision)
-            alpha_sub = self._by_evidence(evidence, joint, names, sub, precision)
-            alpha = torch.ones(joint.latents.dim, dtype=torch.float64, device=theta.device)
-            alpha[sub] = alpha_sub
-            if not status.complete:
-                break
-        info = {}
+        theta, alpha_sub, precision, evidence = self._rounds(joint, sub, names, curvature, search, validation,
+                                                             losses, status)
+        factor = 1.0
         if self.tune_prior == "validation":
             draws = min(VALIDATION_DRAWS, problem.num_samples)
-            alpha_sub, info["validation_log_density"] = by_validation(
+            factor, info["validation_log_density"] = by_validation(
                 lambda a: self._held_out(validation, joint, theta, sub, precision, a, draws), alpha_sub)
-            alpha[sub] = alpha_sub
+        if self.refit and status.complete:  # the held-out points join the data; each MAP stops where it did
+            joint = LaplaceTerms(dataclasses.replace(problem, args=joined(problem.args, problem.validation),
+                                                     validation=None, _flat=None), self.batch_size)
+            search = ModeSearch(self.optimizer, self.num_steps, self.lr, self.lr_decay, stop_after=search.lengths)
+            theta, alpha_sub, precision, evidence = self._rounds(joint, sub, names, curvature, search, None,
+                                                                 losses, status)
+        alpha_sub = alpha_sub * factor
+        alpha = torch.ones(joint.latents.dim, dtype=torch.float64, device=theta.device)
+        alpha[sub] = alpha_sub
         if precision.logdet(alpha_sub) is None:
             raise not_positive(precision.not_positive(alpha_sub), curvature)
         draws, samples, log_det = self._draws(joint, theta, sub, precision, alpha_sub, problem.num_samples)
@@ -171,6 +175,11 @@ class Laplace:
                 raise ZooError(f"laplace: {option} must be one of {allowed}, got {value!r}")
         if self.tune_prior not in TUNINGS:
             raise ZooError(f"laplace: tune_prior must be one of {TUNINGS}, got {self.tune_prior!r}")
+        if self.refit and self.patience is None:
+            raise ZooError("laplace: refit=True refits for the length the early stop found; set patience too")
+        if self.at is not None and self.patience is not None:
+            raise ZooError("laplace: at= puts the Gaussian at another fit's point, so there is no MAP search to "
+                           "stop early; leave patience and refit out")
         if problem.validation is None and (self.tune_prior == "validation" or self.patience is not None):
             option = "tune_prior='validation'" if self.tune_prior == "validation" else "patience"
             raise ZooError(f"laplace: {option} needs held-out data: zoo.fit(..., validation=(x_val, y_val)), or "
@@ -227,6 +236,24 @@ class Laplace:
         if self.memory_limit_gb is not None:
             return self.memory_limit_gb
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4 / 2**30
+
+    def _rounds(self, joint, sub, names, curvature, search, validation, losses, status):
+        """Rounds of (the MAP under the current prior, the curvature there, the evidence's prior): the mode, the
+        prior factors over ``sub``, the precision and the evidence of the last."""
+        theta, alpha = joint.initial, 1.0
+        if self.at is not None:
+            theta = self._point_of(self.at, joint)
+        for _ in range(self.prior_rounds if self.tune_prior and self.at is None else 1):
+            if self.at is None:
+                theta = search.run(joint, theta, alpha, joint.problem.progress, losses, status, validation)
+            precision = build_precision(joint, theta, sub, self.hessian, curvature, self.fisher_samples, self.rank)
+            evidence = Evidence(joint, theta, sub, precision)
+            alpha_sub = self._by_evidence(evidence, joint, names, sub, precision)
+            alpha = torch.ones(joint.latents.dim, dtype=torch.float64, device=theta.device)
+            alpha[sub] = alpha_sub
+            if not status.complete:
+                break
+        return theta, alpha_sub, precision, evidence
 
     def _by_evidence(self, evidence, joint, names, sub, precision) -> torch.Tensor:
         """The prior-precision factors (per coordinate of ``sub``) the evidence prefers (ones: not tuned)."""

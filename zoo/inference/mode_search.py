@@ -4,7 +4,7 @@ against non-finite losses, stopped early on held-out data when asked."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,24 +22,31 @@ LBFGS_CHUNK = 50  # L-BFGS iterations per step of the loop (num_steps counts ite
 @dataclass
 class ModeSearch:
     """The MAP of a log joint whose Normal priors' precisions are scaled by ``alpha`` (Laplace's options of the
-    same names)."""
+    same names). Each run stopped early on held-out data adds its length (iterations to the best point) to
+    ``lengths``; ``stop_after`` gives each run in turn a length to stop at (a refit on all the data)."""
 
     optimizer: str
     num_steps: int
     lr: float
     lr_decay: float
-    patience: int | None
+    patience: int | None = None
+    stop_after: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
 
     def run(self, joint: LaplaceTerms, theta, alpha, progress: bool, losses: list, status, validation=None):
         """The mode from ``theta``: losses appended to ``losses``, the run's status merged into ``status``."""
         optimizer = self._optimizer(joint)
         kept = len(losses)
         stop = lambda: EarlyStop(validation, joint.latents, self.patience) if self.patience else None  # noqa: E731
-        found, round_status = self._map(joint, theta, alpha, progress, losses, optimizer, stop())
+        early, stop_after = stop(), self.stop_after.pop(0) if self.stop_after else None
+        found, round_status = self._map(joint, theta, alpha, progress, losses, optimizer, early, stop_after)
         if round_status.stopped and self.optimizer == "auto" and optimizer == "lbfgs":
             # a line search that strays where the model is undefined: Adam's small steps do not
             del losses[kept:]
-            found, round_status = self._map(joint, theta, alpha, progress, losses, "adam", stop())
+            early = stop()
+            found, round_status = self._map(joint, theta, alpha, progress, losses, "adam", early, stop_after)
+        if early is not None:
+            self.lengths.append(early.best_check * LBFGS_CHUNK)
         status.merge(round_status)
         return found
 
@@ -52,9 +59,10 @@ class ModeSearch:
         return "lbfgs" if small else "adam"
 
     def _map(self, joint: LaplaceTerms, start, alpha: float, progress: bool, losses: list, optimizer: str,
-             early: EarlyStop | None = None):
+             early: EarlyStop | None = None, stop_after: int | None = None):
         """The MAP of the log joint from ``start`` (L-BFGS or Adam); the last finite point and the status. With
-        ``early``, the point of best held-out log-likelihood, checked every chunk of 50 iterations."""
+        ``early``, the point of best held-out log-likelihood, checked every chunk of 50 iterations; with
+        ``stop_after``, the point after that many iterations."""
         theta = start.clone().requires_grad_(True)
         lbfgs = optimizer == "lbfgs"
         if lbfgs:
@@ -85,6 +93,8 @@ class ModeSearch:
                     raise NonFinite("the parameters became non-finite")
                 if early is not None and early.check(theta):
                     raise Converged
+                if stop_after is not None and (t + 1) * LBFGS_CHUNK >= stop_after:
+                    raise Converged
                 if len(losses) > first and abs(losses[-1] - loss) < 1e-7 * max(abs(loss), 1.0):
                     stalls += 1  # no progress: converged, or a line search lost in bad curvature
                     if stalls > 1 or float(theta.grad.abs().max()) < 1e-4:
@@ -99,21 +109,24 @@ class ModeSearch:
             sched.step()
             if early is not None and (t + 1) % LBFGS_CHUNK == 0 and early.check(theta):
                 raise Converged
+            if stop_after is not None and t + 1 >= stop_after:
+                raise Converged
             return loss.item()
 
         steps = math.ceil(self.num_steps / LBFGS_CHUNK) if lbfgs else self.num_steps
         status = run_steps(steps, step, "laplace MAP", progress, losses=losses)
         kept = previous if status.stopped else theta.detach()
+        stopped_early = (early is not None and early.stopped) or stop_after is not None
         if early is not None and early.point is not None:
             kept = early.point
-        elif lbfgs and status.complete:
+        elif lbfgs and status.complete and stop_after is None:
             kept = _newton_polish(lambda t: -joint.log_joint(t, alpha) / joint.num_points, kept)
         if lbfgs:  # a Converged signal ends the loop before its last step
             warning = None if not status.complete or status.steps_done < steps else (
                 f"laplace: L-BFGS had not converged after {self.num_steps} iterations; raise num_steps")
         else:
             warning = converged(losses[first:], "laplace: the MAP")
-        if warning and not (early is not None and early.stopped):
+        if warning and not stopped_early:
             status.warnings.append(warning + "; a Laplace fit around an unconverged MAP is poor")
         return kept, status
 

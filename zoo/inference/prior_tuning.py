@@ -57,9 +57,9 @@ class Evidence:
         return trial if self(trial) > best else alpha
 
 
-def by_validation(score, alpha: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """``alpha`` times the factor that maximises ``score(alpha)`` (the held-out log predictive density): a
-    grid of half-decades, then quarter-decades beside the best; the factors and their score."""
+def by_validation(score, alpha: torch.Tensor) -> tuple[float, float]:
+    """The factor on ``alpha`` that maximises ``score(alpha * factor)`` (the held-out log predictive density),
+    from a grid of half-decades, then quarter-decades beside the best; and its score."""
     scores = {}
 
     def scored(factor):
@@ -69,7 +69,7 @@ def by_validation(score, alpha: torch.Tensor) -> tuple[torch.Tensor, float]:
 
     best = max(VALIDATION_GRID, key=scored)
     best = max((best * 10**-0.25, best, best * 10**0.25), key=scored)
-    return alpha * best, scores[best]
+    return best, scores[best]
 
 
 def tie(groups: list[torch.Tensor], tied: list[torch.Tensor]) -> list[torch.Tensor]:

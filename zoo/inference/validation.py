@@ -29,6 +29,12 @@ def holdout(args: tuple, fraction: float, seed: int | None) -> tuple[tuple, tupl
     return rows(order[held:].sort().values), rows(order[:held].sort().values)
 
 
+def joined(args: tuple, held: tuple) -> tuple:
+    """The rows of ``held`` appended to those of ``args`` (undoes :func:`holdout`, up to the order)."""
+    pairs = zip(args, held, strict=True)
+    return tuple(torch.cat([a, h]) if isinstance(a, torch.Tensor) and a.dim() else a for a, h in pairs)
+
+
 class Validation:
     """The mean log predictive density per held-out point, ``log mean_s p(y_i | theta_s)``, of a model's
     observed sites, under a runner (the model itself at each draw, or Laplace's linearised network)."""
@@ -61,6 +67,7 @@ class EarlyStop:
     def __init__(self, validation: Validation, latents, patience: int):
         self.validation, self.latents, self.patience = validation, latents, patience
         self.best, self.point, self.waits = -math.inf, None, 0
+        self.checks = self.best_check = 0  # checks made; the one (counted from 1) that found the best point
 
     @property
     def stopped(self) -> bool:
@@ -70,8 +77,9 @@ class EarlyStop:
         """Score the flat point ``theta``; True when it is time to stop."""
         values, _ = self.latents.unpack(theta.detach().unsqueeze(0))
         score = self.validation.log_density(values)
+        self.checks += 1
         if score > self.best:
-            self.best, self.point, self.waits = score, theta.detach().clone(), 0
+            self.best, self.point, self.waits, self.best_check = score, theta.detach().clone(), 0, self.checks
         else:
             self.waits += 1
         return self.stopped
