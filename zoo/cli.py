@@ -84,6 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default=None)
     fit.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model config, e.g. hidden=[50]")
     fit.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="backend options, e.g. num_steps=500")
+    active = sub.add_parser("active", help="active learning: label what the posterior is least sure of, refit")
+    active.add_argument("model", help="a classifier, e.g. bayes-lenet")
+    active.add_argument("--data", required=True, help="dataset whose training split is the pool")
+    active.add_argument("--data-path", help="folder holding the dataset (else $ZOO_DATA, then shipped)")
+    active.add_argument("--acquisition", nargs="+", default=["bald", "random"],
+                        help="bald, max-entropy, variation-ratios, mean-std, random (several: one run each)")
+    active.add_argument("--initial", type=int, default=20, help="labels to start from, balanced over classes")
+    active.add_argument("--step", type=int, default=10, help="labels acquired per round")
+    active.add_argument("--rounds", type=int, default=10)
+    active.add_argument("--pool-size", type=int, default=None, help="a random subset of the training split")
+    active.add_argument("--candidates", type=int, default=None, help="pool points scored per round (random)")
+    active.add_argument("--test-size", type=int, default=None, help="the first N test points (default all)")
+    active.add_argument("--backend", default="svi")
+    active.add_argument("--seed", type=int, default=0)
+    active.add_argument("--out", default=None, help="output folder (default runs/active-MODEL-DATA)")
+    active.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    active.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model config")
+    active.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="backend options, e.g. num_epochs=50")
     demo = sub.add_parser("demo", help="the main job: bnn with svi, laplace and nuts on a shipped UCI set")
     demo.add_argument("--data", default="yacht")
     demo.add_argument("--split", type=int, default=0)
@@ -107,6 +125,8 @@ def main(argv=None) -> int:
             print(card(args.model).describe())
         elif args.command == "fit":
             run_fit(args)
+        elif args.command == "active":
+            run_active(args)
         else:
             from .demo import run_demo
 
@@ -193,6 +213,40 @@ def run_fit(args) -> None:
     if post.status.interrupted:
         print(f"zoo: interrupted; saved the work done so far to {out}", file=sys.stderr)
     print(f"wrote {out}/ (zoo.json, samples.pt, params.pt, posterior.nc, idata.nc, plots)")
+
+
+def run_active(args) -> None:
+    from . import active, datasets, load
+    from ._data import Split
+    from .inference._base import make_backend
+
+    config, options = key_values(args.set, "--set"), key_values(args.option, "--option")
+    data = datasets.load(args.data, **({"path": args.data_path} if args.data_path else {}))
+    pool, test = data.train, data.test
+    if args.pool_size is not None:
+        keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(args.seed))[:args.pool_size]
+        pool = Split(pool.x[keep], pool.y[keep])
+    if args.test_size is not None:
+        test = Split(test.x[:args.test_size], test.y[:args.test_size])
+    model = load(args.model, data=data, **config)
+    make_backend(args.backend, options)  # bad backend options fail here, before any output
+    out = output_folder(Path(args.out or f"runs/active-{args.model}-{args.data}"), args.overwrite)
+    runs = []
+    for acquisition in args.acquisition:
+        print(f"zoo: {acquisition}: {args.rounds} rounds of {args.step} labels from {args.initial}",
+              file=sys.stderr, flush=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DiagnosticWarning)  # short fits on a few labels, by design
+            runs.append(active.learn(model, pool, acquisition, initial=args.initial, step=args.step,
+                                     rounds=args.rounds, test=test, candidates=args.candidates, seed=args.seed,
+                                     backend=args.backend, **options))
+    print("labels  " + "  ".join(f"{r.acquisition:>16s}" for r in runs) + "   (test error %)")
+    for i, row in enumerate(runs[0].history):
+        print(f"{row['labels']:6d}  " + "  ".join(f"{r.history[i]['error_pct']:16.2f}" for r in runs))
+    (out / "history.json").write_text(json.dumps({r.acquisition: {"history": r.history, "acquired": r.acquired}
+                                                  for r in runs}, indent=1))
+    runs[0].plot(out / "learning-curves.png", others=runs[1:])
+    print(f"wrote {out}/ (history.json, learning-curves.png)")
 
 
 def _needs_binary(model, data) -> bool:
