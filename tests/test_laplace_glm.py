@@ -129,3 +129,48 @@ def test_probit_glm_of_a_classifier():
     by_hand = (logits.mean(0) / (1 + math.pi / 8 * logits.var(0)).sqrt()).softmax(-1)
     torch.testing.assert_close(probit.predict(x).probs, by_hand, atol=0.01, rtol=0)
     assert probit.info["glm_approx"] == "closed"
+
+
+def test_ggn_is_the_jacobian_outer_product_by_hand(data, glm):
+    """curvature='ggn' on the tanh net: J^T J / sigma^2 over the weights, N / 2 for the log noise precision (the
+    Normal's Fisher in its scale), nothing between them."""
+    post = zoo.fit(glm.model, data, "laplace", curvature="ggn", at=glm, tune_prior=False, predictive="glm", seed=0)
+    theta = post.params["laplace.loc"]
+    x = data[0]
+    jac = torch.autograd.functional.jacobian(lambda t: _network(t, x), theta)[:, :10].double()
+    precision = float(torch.exp(theta[10]))  # the fifth site, unconstrained by log
+    by_hand = torch.zeros(11, 11, dtype=torch.float64)
+    by_hand[:10, :10] = precision * jac.T @ jac
+    by_hand[10, 10] = len(x) / 2
+    # plus the priors' curvature: 1 for each N(0, 1) weight; b * precision for Gamma(a, b) in log precision
+    by_hand += torch.diag(torch.tensor([1.0] * 10 + [0.01 * precision], dtype=torch.float64))
+    assert torch.allclose(post.params["laplace.precision"].double(), by_hand, rtol=1e-4, atol=1e-3)
+
+
+def test_ggn_of_a_logistic_regression_is_its_exact_hessian():
+    """A canonical-link GLM is linear in its parameters, so its GGN and its exact Hessian are one matrix."""
+    torch.manual_seed(0)
+    x = torch.randn(80, 3)
+    y = torch.bernoulli(torch.sigmoid(x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3))
+    model = zoo.load("logistic-regression", in_features=3)
+    exact = zoo.fit(model, (x, y), "laplace", curvature="exact", tune_prior=False, seed=0)
+    ggn = zoo.fit(model, (x, y), "laplace", curvature="ggn", at=exact, tune_prior=False, seed=0)
+    assert torch.allclose(ggn.params["laplace.precision"], exact.params["laplace.precision"], rtol=1e-4, atol=1e-4)
+
+
+def test_ggn_of_a_softmax_classifier_is_the_categorical_fisher_by_hand():
+    """Softmax regression: sum_n (diag p_n - p_n p_n^T) kron [x_n, 1][x_n, 1]^T, in class-major order."""
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 2), torch.randint(0, 3, (30,))
+    model = zoo.load("bnn-classifier", in_features=2, out_features=3, hidden=[])
+    post = zoo.fit(model, (x, y), "laplace", curvature="ggn", tune_prior=False, optimizer="lbfgs", seed=0)
+    latents, _ = initial_point(model.model, (x, y), post.sites, model.init_loc_fn)
+    assert latents.names == ["w0", "b0"]  # w0 is (3 classes, 2 inputs), flattened by row; then b0
+    values = latents.constrain(post.params["laplace.loc"])
+    p = torch.softmax(x @ values["w0"].T + values["b0"], -1).double()
+    inputs = torch.cat([x, torch.ones(30, 1)], 1).double()
+    by_hand = sum(torch.kron(torch.diag(p[n]) - torch.outer(p[n], p[n]), torch.outer(inputs[n], inputs[n]))
+                  for n in range(30))
+    order = torch.tensor([0, 1, 6, 2, 3, 7, 4, 5, 8])  # (w_c1, w_c2, b_c) for each class c
+    got = post.params["laplace.precision"].double()[order][:, order] - torch.eye(9, dtype=torch.float64)
+    assert torch.allclose(got, by_hand, atol=1e-4)

@@ -20,7 +20,7 @@ from .prior_tuning import VALIDATION_DRAWS, Evidence, by_validation, tie
 from .structures import HESSIANS, build_precision, check_memory
 from .validation import Validation, joined
 
-CURVATURES = ("exact", "fisher")
+CURVATURES = ("exact", "fisher", "ggn")
 SUBSETS = ("all", "last-layer")
 PREDICTIVES = ("nn", "glm")
 GLM_APPROXIMATIONS = ("mc", "closed")
@@ -40,11 +40,13 @@ class Laplace:
         used as a layer, ``x @ W``, ``F.linear`` or ``F.conv2d``, found as the model runs; a dense or diagonal
         block over the other latents); or the top ``rank`` eigenpairs of the data's curvature plus the diagonal
         they leave out and the prior (``"lowrank"``).
-    curvature : {"exact", "fisher"}, optional
+    curvature : {"exact", "fisher", "ggn"}, optional
         Exact Hessian of the negative log joint, or the Fisher information of the likelihood
         (Monte Carlo over ``fisher_samples`` draws of y, positive semi-definite) plus the exact
-        Hessian of the negative log prior. Networks need ``"fisher"``: their exact Hessian at a
-        MAP is usually indefinite. Default: exact for full and diag; kron and lowrank take the Fisher only.
+        Hessian of the negative log prior, or that Fisher's exact value, the generalised Gauss-Newton matrix
+        ``sum J^T F J`` (Normal, Bernoulli and Categorical likelihoods; full, diag and lowrank). Networks need
+        ``"fisher"`` or ``"ggn"``: their exact Hessian at a MAP is usually indefinite. Default: exact for full and
+        diag; kron and lowrank take the Monte Carlo Fisher.
     rank : int
         ``"lowrank"``: eigenpairs kept (a randomised Nystrom sketch, one pass over the data).
     subset : {"all", "last-layer"}
@@ -185,9 +187,10 @@ class Laplace:
             raise ZooError(f"laplace: {option} needs held-out data: zoo.fit(..., validation=(x_val, y_val)), or "
                            "validation=0.1 to hold out a tenth of the training points")
         approximate = self.hessian in ("kron", "lowrank")
-        if approximate and self.curvature == "exact":
-            raise ZooError(f"laplace: hessian={self.hessian!r} approximates the Fisher information, not the exact "
-                           "Hessian; leave curvature unset (or 'fisher'), or use hessian='full' or 'diag'")
+        if approximate and self.curvature == "exact" or self.hessian == "kron" and self.curvature == "ggn":
+            raise ZooError(f"laplace: hessian={self.hessian!r} approximates the Monte Carlo Fisher"
+                           f"{' (or the GGN)' if self.hessian == 'lowrank' else ''}, not curvature="
+                           f"{self.curvature!r}; leave curvature unset, or use hessian='full' or 'diag'")
         for option in ("num_steps", "fisher_samples", "prior_rounds", "rank"):
             check_positive(f"laplace: {option}", getattr(self, option))
         if self.patience is not None:

@@ -10,6 +10,7 @@ import torch
 
 from .._errors import ZooError
 from .curvature import LaplaceTerms, exact_curvature
+from .ggn import ggn_rows
 from .kfac import capture_layers
 from .precisions import Blocks, Dense, Diagonal, Kronecker, LowRank, nystrom
 
@@ -34,13 +35,20 @@ def fisher_jacobians(joint: LaplaceTerms, theta, sub, samples: int):
             yield jac.double() / math.sqrt(samples)
 
 
+def outer_factors(joint: LaplaceTerms, theta, sub, curvature: str, samples: int):
+    """Blocks of rows R over ``sub`` whose ``sum R^T R`` is the Monte Carlo Fisher or the exact GGN."""
+    if curvature == "ggn":
+        return ggn_rows(joint, theta, sub, JACOBIAN_BYTES, FISHER_BLOCK)
+    return fisher_jacobians(joint, theta, sub, samples)
+
+
 def data_curvature(joint: LaplaceTerms, theta, sub, curvature: str, structure: str, samples: int):
     """The likelihood's curvature over coordinates ``sub``: dense or its diagonal, float64 (a float32 sum of
     outer products lost positive definiteness under naval's large noise precision)."""
     size = len(sub)
     total = torch.zeros((size, size) if structure == "full" else size, device=theta.device, dtype=torch.float64)
-    if curvature == "fisher":
-        for jac in fisher_jacobians(joint, theta, sub, samples):
+    if curvature in ("fisher", "ggn"):
+        for jac in outer_factors(joint, theta, sub, curvature, samples):
             total += jac.T @ jac if structure == "full" else (jac**2).sum(0)
         return total
     for idx in joint.blocks(JACOBIAN_BYTES // 4 // max(size, 1)):
@@ -64,7 +72,7 @@ def build_precision(joint: LaplaceTerms, theta, sub, hessian: str, curvature: st
         probes = torch.linalg.qr(torch.randn(len(sub), min(rank + OVERSAMPLE, len(sub)), dtype=torch.float64,
                                              device=theta.device))[0]
         sketch, diagonal = 0.0, 0.0
-        for jac in fisher_jacobians(joint, theta, sub, samples):
+        for jac in outer_factors(joint, theta, sub, curvature, samples):
             sketch, diagonal = sketch + jac.T @ (jac @ probes), diagonal + (jac**2).sum(0)
         u, s = nystrom(sketch, probes, rank)
         left_out = (diagonal - (u**2 * s).sum(-1)).clamp_min(0)  # the diagonal the eigenpairs do not hold
