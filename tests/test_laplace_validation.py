@@ -106,5 +106,6 @@ def test_held_out_data_is_refused_where_it_is_not_used(data):
         _fit(train, tune_prior="marginal")
     with pytest.raises(ZooError, match="set patience too"):
         _fit(train, validation=held, refit=True)
-    with pytest.raises(ZooError, match="between 0 and 1"):
-        _fit(train, validation=1.5, patience=2)
+    for fraction in (1.5, 1, 0):
+        with pytest.raises(ZooError, match="between 0 and 1"):
+            _fit(train, validation=fraction, patience=2)

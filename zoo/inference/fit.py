@@ -41,8 +41,8 @@ def _held_out(zm, validation, args, device, seed, engine) -> tuple[tuple, tuple 
         return args, None
     if not getattr(engine, "takes_validation", False):
         raise ZooError(f"validation= is used by the laplace backend only, not by {engine.name!r}; leave it out")
-    if isinstance(validation, float):
-        return holdout(args, validation, seed)
+    if isinstance(validation, (int, float)) and not isinstance(validation, bool):
+        return holdout(args, float(validation), seed)
     held, _ = zm.arguments(validation, device)
     zm.validate(held)
     return args, held
