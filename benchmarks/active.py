@@ -64,7 +64,7 @@ def summarise():
     for row in rows:
         by_acquisition[row["acquisition"]][row["seed"]] = row  # the latest run of each seed
     curves, lines = {}, []
-    labels = [h["labels"] for h in next(iter(by_acquisition.values()))[setting["seed"]]["history"]]
+    labels = [h["labels"] for h in setting["history"]]
     marks = [n for n in (20, 50, 100, 150, 200, 250, 300, 400, 500, 1000) if n in labels]
     lines += ["# Active learning on MNIST", "",
               f"bayes-lenet, MC dropout guide, {setting['steps']} Adam steps (batch 32) from scratch each round; 20 "
