@@ -72,6 +72,8 @@ class SVI:
         which ran. A model whose Python state changes between steps (a counter read inside it) must pass
         that state as data, or use ``"pyro"``.
 
+    Notes
+    -----
     Every step updates all parameters with one fused Adam (adam.py).
     """
 
