@@ -75,3 +75,6 @@ def test_bad_input(blobs):
         zoo.active.learn(model, zoo.Split(pool.x, pool.y.float()))
     with pytest.raises(ZooError, match="step=0"):
         zoo.active.learn(model, pool, step=0)
+    untested = zoo.active.ActiveRun("bald", history=[{"labels": 20}])
+    with pytest.raises(ZooError, match="runs learned with test="):
+        untested.plot("never.png")

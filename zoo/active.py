@@ -53,6 +53,9 @@ class ActiveRun:
         from .plots import learning_curves
 
         runs = [self, *others]
+        if any(metric not in h for r in runs for h in r.history):
+            raise ZooError(f"plot: {metric!r} is not in every run's history; runs learned with test= hold "
+                           "'error_pct', 'nll' and 'ece'")
         return learning_curves({r.acquisition: ([h["labels"] for h in r.history], [h[metric] for h in r.history])
                                 for r in runs}, path, metric)
 
