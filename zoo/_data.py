@@ -71,6 +71,11 @@ def as_args(data, device=None, name: str = "data", inputs_only: bool = False,
     return args, scale
 
 
+def rows_of(args: tuple, index) -> tuple:
+    """The rows ``index`` (a slice or indices) of every per-point array in ``args``; the rest as they are."""
+    return tuple(a[index] if isinstance(a, torch.Tensor) and a.dim() else a for a in args)
+
+
 def by_name(data: dict, model, name: str = "data", every: bool = False) -> tuple:
     """The positional arguments of ``model`` from a dict naming them, up to the last one named (``every``:
     all of them); left-out ones take their defaults."""

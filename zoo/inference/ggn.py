@@ -13,10 +13,15 @@ import torch
 from .._errors import ZooError
 
 
-def _parameters(fn) -> dict[str, torch.Tensor]:
-    """The likelihood's parameters the Fisher information is taken in, broadcast to its batch and event shape."""
+def _base(fn):
     while isinstance(fn, dist.Independent):
         fn = fn.base_dist
+    return fn
+
+
+def _parameters(fn) -> dict[str, torch.Tensor]:
+    """The likelihood's parameters the Fisher information is taken in, broadcast to its batch and event shape."""
+    fn = _base(fn)
     shape = fn.batch_shape + fn.event_shape
     if type(fn) is dist.Normal:
         return {"loc": fn.loc.expand(shape), "scale": fn.scale.expand(shape)}
@@ -53,9 +58,7 @@ def ggn_rows(joint, theta, sub, max_bytes: int, max_points: int):
     for name in observed:
         fn = trace.nodes[name]["fn"]
         size += sum(v.numel() for v in _parameters(fn).values())  # refused here, before any Jacobian
-        while isinstance(fn, dist.Independent):
-            fn = fn.base_dist
-        kinds[name] = type(fn).__name__
+        kinds[name] = type(_base(fn)).__name__
     per_point = max(size // (1 if joint.one_point is not None else joint.num_points), 1)
     for idx in joint.blocks(min(max_bytes // 8 // max(len(sub), 1) // per_point, max_points)):
 

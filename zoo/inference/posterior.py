@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 
 from .. import metrics
-from .._data import Split, as_args, by_name
+from .._data import Split, as_args, by_name, rows_of
 from .._errors import ZooError
 from .draws import DrawRunner, plate_values
 from .linearized import LinearizedRunner
@@ -178,7 +178,7 @@ class Posterior:
             yield args
             return
         for start in range(0, n, size):
-            yield tuple(a[start:start + size] if isinstance(a, torch.Tensor) and a.dim() else a for a in args)
+            yield rows_of(args, slice(start, start + size))
 
     def _summary(self, args, site: str, with_log_prob: bool) -> dict[str, torch.Tensor]:
         """:func:`site_summary` of ``site`` at every draw, (draws, ...), block by block of points."""

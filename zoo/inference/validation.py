@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from .._data import rows_of
 from .._errors import ZooError
 from .draws import DrawRunner, observed_log_probs
 
@@ -25,8 +26,7 @@ def holdout(args: tuple, fraction: float, seed: int | None) -> tuple[tuple, tupl
                        f"{'validate on' if held < 1 else 'fit'}; pick another fraction or pass validation data")
     generator = torch.Generator().manual_seed(0 if seed is None else seed)
     order = torch.randperm(n, generator=generator).to(args[0].device)
-    rows = lambda idx: tuple(a[idx] if isinstance(a, torch.Tensor) and a.dim() else a for a in args)  # noqa: E731
-    return rows(order[held:].sort().values), rows(order[:held].sort().values)
+    return rows_of(args, order[held:].sort().values), rows_of(args, order[:held].sort().values)
 
 
 def joined(args: tuple, held: tuple) -> tuple:
@@ -52,8 +52,7 @@ class Validation:
         total = 0.0
         with torch.no_grad():
             for start in range(0, self.num_points, size):
-                block = tuple(a[start:start + size] if isinstance(a, torch.Tensor) and a.dim() else a
-                              for a in self.args)
+                block = rows_of(self.args, slice(start, start + size))
                 for log_prob in runner.run(draws, block, observed_log_probs(self.sites.observed)).values():
                     log_prob = log_prob.reshape(log_prob.shape[0], -1).double()
                     total += float((torch.logsumexp(log_prob, 0) - math.log(log_prob.shape[0])).sum())
