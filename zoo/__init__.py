@@ -12,10 +12,11 @@ from ._errors import DiagnosticWarning, NonFiniteLossError, ZooError, ZooWarning
 from ._model import ZooModel
 from ._registry import card, list_models, load, register_model, unregister_model
 from .inference import Posterior, fit
+from .models.module import bayesian, register_module
 
 load_posterior = Posterior.load
 
 __all__ = ["DiagnosticWarning", "ModelCard", "NonFiniteLossError", "Posterior", "Split", "ZooError", "ZooModel",
-           "ZooWarning", "active", "card", "datasets", "fit", "list_models", "load", "load_posterior", "metrics",
-           "register_model", "unregister_model"]
+           "ZooWarning", "active", "bayesian", "card", "datasets", "fit", "list_models", "load", "load_posterior",
+           "metrics", "register_model", "register_module", "unregister_model"]
 __version__ = "0.1.0"

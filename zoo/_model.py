@@ -165,6 +165,11 @@ class ZooModel:
         on its training data); ``save`` stores them and ``load_posterior`` passes them as ``data=``."""
         return None
 
+    def fitted_state(self) -> dict[str, torch.Tensor]:
+        """Module state a posterior keeps beside the param store's, under param-store names (``name$$$key``):
+        what the store does not hold (a norm layer's running statistics, weights a sampler held fixed)."""
+        return {}
+
     def reset_modules(self) -> None:
         """Every module back to its state at build time (a fit starts from there)."""
         for name, module in self.modules.items():
@@ -179,11 +184,11 @@ class ZooModel:
             prefix = f"{name}$$$"
             state = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
             expected = {key for key, _ in module.named_parameters()}
-            if set(state) != expected:
-                raise ZooError(f"the fitted weights do not fit module {name!r}: missing "
-                               f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}; "
-                               "were they saved from a model of another config?")
-            module.load_state_dict(state, strict=False)  # buffers (masks, fixed inputs) come from the config
+            missing, unexpected = expected - set(state), set(state) - expected - dict(module.named_buffers()).keys()
+            if missing or unexpected:
+                raise ZooError(f"the fitted weights do not fit module {name!r}: missing {sorted(missing)[:3]}, "
+                               f"unexpected {sorted(unexpected)[:3]}; were they saved from a model of another config?")
+            module.load_state_dict(state, strict=False)  # buffers not fitted (masks, fixed inputs): from the config
         if modules is None:
             self._loaded = params
 

@@ -95,7 +95,7 @@ def load(name: str, **config):
     built = builder(**config)
     zm = built if isinstance(built, ZooModel) else ZooModel(built)
     zm.name = name
-    zm.card = _CARDS[name]
+    zm.card = zm.card or _CARDS[name]  # a model may describe itself better than its registration (its task)
     if zm.config is None:
         zm.config = dict(config)
     return zm

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -133,7 +134,8 @@ def main(argv=None) -> int:
             run_demo(args.data, args.split, Path(args.out), quick=args.quick)
         return 0
     except ZooError as err:
-        print(f"zoo: error: {' '.join(str(err).split())}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops, rank 0 says why
+            print(f"zoo: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zoo: interrupted", file=sys.stderr)
@@ -145,6 +147,7 @@ def run_fit(args) -> None:
     import numpy as np
 
     from . import datasets, fit, load
+    from .inference import distributed
     from .inference._base import make_backend
     from .inference.generative import GenerativePosterior
     from .metrics import classification, mutual_information, predictive_entropy
@@ -160,9 +163,23 @@ def run_fit(args) -> None:
         print(f"zoo: binarising {args.data} (fixed, seeded) for the bernoulli likelihood", file=sys.stderr)
         data = datasets.load(args.data, **where, binarize=True)
     make_backend(args.backend, options)  # bad backend options fail here, before any output
-    out = output_folder(Path(args.out or f"runs/{args.model}-{args.data}-{args.backend}"), args.overwrite)
-    print(f"zoo: fitting {args.model} to {label} with {args.backend} "
-          "(Ctrl-C stops and saves what is done)", file=sys.stderr, flush=True)
+    out = Path(args.out or f"runs/{args.model}-{args.data}-{args.backend}")
+    world = distributed.join()  # under torchrun: rank 0 checks the folder, reports and writes
+    leader = world is None or world.leader
+    refusal = None
+    try:
+        if leader:
+            output_folder(out, args.overwrite)
+    except ZooError as err:
+        refusal = str(err)
+    if world is not None:
+        refusal = distributed.from_leader(refusal)  # every rank stops if rank 0 must, none waits for it
+    if refusal:
+        raise ZooError(refusal)
+    if leader:
+        print(f"zoo: fitting {args.model} to {label} with {args.backend}"
+              + (f" on {world.size} processes" if world else "") + " (Ctrl-C stops and saves what is done)",
+              file=sys.stderr, flush=True)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -172,9 +189,12 @@ def run_fit(args) -> None:
         except NonFiniteLossError as err:
             if err.posterior is None:
                 raise
-            err.posterior.save(out)
+            if leader:
+                err.posterior.save(out)
             raise ZooError(f"{err} Saved the last finite posterior to {out}/") from None
     wall = time.perf_counter() - start
+    if not leader:
+        return
     for w in caught:
         if not issubclass(w.category, DiagnosticWarning):  # the diagnosis below prints those
             print(f"zoo: warning: {w.message}", file=sys.stderr)

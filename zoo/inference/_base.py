@@ -13,6 +13,7 @@ import torch
 from pyro import poutine
 
 from .._errors import ZooError, unknown_name
+from .distributed import World
 from .flat import FlatLatents, LogDensity, initial_point
 from .loop import Status
 from .sites import MinibatchIndices, Sites, is_sample, on_points
@@ -65,6 +66,7 @@ class Problem:
     make_guide: Callable | None = None
     last_layer: list[str] | None = None
     validation: tuple | None = None  # held-out arguments (fit's validation=)
+    world: World | None = None  # the processes under torchrun (distributed.py); None: this one
     _flat: tuple | None = field(default=None, repr=False)
 
     def flat(self) -> tuple[FlatLatents, LogDensity, torch.Tensor]:

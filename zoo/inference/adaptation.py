@@ -71,8 +71,9 @@ class MassEstimate:
     """Running mean and (co)variance of each chain's draws (Welford), turned into a regularised inverse
     mass matrix per chain, pooled over chains if asked (Stan's shrinkage towards 1e-3)."""
 
-    def __init__(self, chains: int, dim: int, dense: bool, pooled: bool, like: torch.Tensor):
+    def __init__(self, chains: int, dim: int, dense: bool, pooled: bool, like: torch.Tensor, pool=None):
         self.dense, self.pooled = dense, pooled
+        self.pool = pool  # per-chain tensors -> the same of every process's chains (torchrun), for pooling
         self.count = 0
         self.mean = like.new_zeros(chains, dim)
         self.m2 = like.new_zeros(chains, dim, dim) if dense else like.new_zeros(chains, dim)
@@ -87,10 +88,11 @@ class MassEstimate:
     def inverse_mass(self) -> torch.Tensor:
         n, m2 = self.count, self.m2
         if self.pooled:  # the chains' sums of squares plus their means' spread, for every chain alike
-            spread = self.mean - self.mean.mean(0)
+            mean, every = self.pool(self.mean, m2) if self.pool else (self.mean, m2)
+            spread = mean - mean.mean(0)
             between = spread.T @ spread if self.dense else (spread**2).sum(0)
-            m2 = (m2.sum(0) + n * between).expand_as(m2)
-            n = n * self.mean.shape[0]
+            m2 = (every.sum(0) + n * between).expand_as(m2)
+            n = n * mean.shape[0]
         covariance = m2 / max(n - 1, 1)
         shrink = 5.0 / (n + 5.0)
         if self.dense:

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from .._errors import ZooError
+from . import distributed
 from ._base import FitResult, check_positive
 from ._random import ChainRandom
 from .adaptation import MassEstimate, warmup_windows
+from .distributed import World
 from .flat import FlatLatents
 from .loop import run_steps
 from .sites import run_trace
@@ -40,6 +42,7 @@ class Chains:
     mode: str
     point: Point
     random: ChainRandom
+    world: World | None = None  # under torchrun: this process runs its share of the chains
 
     def bind(self, step: Callable, example: tuple | None = None,
              compared: Callable = lambda out: out) -> tuple[Callable, str]:
@@ -86,14 +89,19 @@ def start_chains(problem, name: str, num_chains: int, init_spread: float, densit
     if dense_mass and latents.dim > DENSE_MAX_DIM:
         raise ZooError(f"{name}: dense_mass=True needs a {latents.dim} x {latents.dim} matrix per chain; "
                        f"it is kept to {DENSE_MAX_DIM} coordinates: use dense_mass=False")
-    # one seed from the caller's stream; chain c's numbers depend on it and on c alone
-    random = ChainRandom(int(torch.randint(2**62, ())), num_chains, theta0.device)
+    # one seed from the caller's stream (rank 0's under torchrun); chain c's numbers depend on it and on c alone
+    world, first = problem.world, 0
+    seed = torch.randint(2**62, ())
+    if world is not None:
+        num_chains, first = distributed.split_chains(num_chains, world)
+        seed = distributed.from_rank_0(seed.to(theta0.device))
+    random = ChainRandom(int(seed), num_chains, theta0.device, first)
     eager, _ = value_and_grad_fn(log_density, theta0, "eager")
     batch = theta0.expand(num_chains, -1)
     fast, mode = value_and_grad_fn(log_density, batch, "eager" if density == "eager" else "traced")
     per_chain = _per_chain_failures(fast, eager)
     point = _initial_points(problem, name, per_chain, theta0, num_chains, init_spread, random)
-    return Chains(latents, per_chain, fast, mode, point, random)
+    return Chains(latents, per_chain, fast, mode, point, random, world)
 
 
 def identity_metric(point: Point, dense: bool) -> Metric:
@@ -123,12 +131,19 @@ class ChainRun(ABC):
         self.dense_mass, self.pooled_mass = dense_mass, pooled_mass
         self.metric = identity_metric(self.point, dense_mass)
         self.windows, self.window = warmup_windows(num_warmup), 0
-        self.mass = MassEstimate(*self.point.z.shape, dense_mass, pooled_mass, self.point.z)
+        self.mass = MassEstimate(*self.point.z.shape, dense_mass, pooled_mass, self.point.z, self.pool)
         self.draws: list[torch.Tensor] = []
         self.stats: dict[str, list[torch.Tensor]] = {k: [] for k in self.stat_names}
         self.leapfrogs = torch.zeros(self.point.z.shape[0], dtype=torch.long, device=self.point.z.device)
         self.step_size = self.search_step_size(torch.ones_like(self.point.logp), 0)
         self.normals, self.normals_from = None, None
+
+    def pool(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Per-chain tensors of every process's chains (this process's alone in one process)."""
+        world = self.chains.world
+        if world is None:
+            return list(tensors)
+        return list(distributed.gather_chains(dict(enumerate(tensors)), world).values())
 
     def momentum(self, t: int) -> torch.Tensor:
         """Iteration t's momenta under the current metric, from standard normals drawn for a block of
@@ -157,7 +172,7 @@ class ChainRun(ABC):
         if t + 1 != end:
             return False
         self.metric = Metric(self.mass.inverse_mass())
-        self.mass = MassEstimate(*self.point.z.shape, self.dense_mass, self.pooled_mass, self.point.z)
+        self.mass = MassEstimate(*self.point.z.shape, self.dense_mass, self.pooled_mass, self.point.z, self.pool)
         self.window += 1
         return True
 
@@ -191,14 +206,16 @@ class ChainRun(ABC):
         if status.interrupted:
             status.interrupted = (f"{self.name}: interrupted after {len(self.draws)} of {self.num_samples} "
                                   "draws per chain; kept them")
-        theta = torch.stack(self.draws, 1)  # (chain, draw, D)
+        # (chain, draw, D), every process's chains
+        theta, leapfrogs, *stats = self.pool(torch.stack(self.draws, 1), self.leapfrogs,
+                                             *(torch.stack(v, 1) for v in self.stats.values()))
         samples = {n: v.detach() for n, v in self.chains.latents.constrain(theta).items()}
-        stats = {k: torch.stack(v, 1) for k, v in self.stats.items()}
+        stats = dict(zip(self.stats, stats, strict=True))
         status.warnings += self.collapsed_step_sizes()
         return FitResult(samples, status=status, sample_stats=stats,
                          info={**info, "chains_batched": self.point.z.shape[0], "dense_mass": self.dense_mass,
                                "sampling_seconds": seconds,  # warmup and draws, after the setup
-                               "leapfrog_steps": self.leapfrogs.tolist()})  # per chain, warmup included
+                               "leapfrog_steps": leapfrogs.tolist()})  # per chain, warmup included
 
     def collapsed_step_sizes(self) -> list[str]:
         from .diagnostics import STEP_SIZE_MIN

@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 
 import pyro
 import torch
 
 from .._errors import DiagnosticWarning, NonFiniteLossError, ZooError, ZooWarning
 from .._model import ZooModel
+from . import distributed
 from ._base import Problem, check_positive, make_backend
 from .flat import decide_path, importance_log_ratios
 from .posterior import Posterior
@@ -46,6 +48,19 @@ def _held_out(zm, validation, args, device, seed, engine) -> tuple[tuple, tuple 
     held, _ = zm.arguments(validation, device)
     zm.validate(held)
     return args, held
+
+
+@contextmanager
+def _held(modules, hold: bool):
+    """Laplace and the samplers fit latent sites only: the networks' weights are constants while they run."""
+    weights = [p for m in modules for p in m.parameters() if p.requires_grad] if hold else []
+    for p in weights:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in weights:
+            p.requires_grad_(True)
 
 
 def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int | None = None,
@@ -90,8 +105,12 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     options = {**defaults, **options}
     engine = make_backend(backend, options)
     refusal = zm.refusal(getattr(engine, "kind", engine.name))
+    world = distributed.join()
+    if world is not None and not refusal:
+        refusal = distributed.refusal(engine.name, world)
     if refusal:
-        raise ZooError(f"model {zm.name!r} does not support backend {engine.name!r}: {refusal}")
+        name = zm.card.name if zm.card else zm.name
+        raise ZooError(f"model {name!r} does not support backend {engine.name!r}: {refusal}")
     if num_samples is None:
         num_samples = zm.defaults.num_samples or 1000
     check_positive("num_samples", num_samples)
@@ -105,15 +124,16 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     zm.reset_modules()  # every fit trains its networks from the same start
     for module in zm.modules.values():  # the networks follow the data's device
         module.to(args[0].device)
-    progress = sys.stderr.isatty() if progress is None else progress
+    progress = (sys.stderr.isatty() if progress is None else progress) and (world is None or world.leader)
     sites = Sites.of(zm.model, args, init_loc_fn=zm.init_loc_fn, allow_local=zm.local_latents)
     for message in scale_warnings(zm.model, args, sites):
         warnings.warn(message, ZooWarning, stacklevel=2)
     problem = Problem(zm.model, args, sites, num_samples, progress, zm.init_loc_fn,
-                      make_guide=zm.make_guide, last_layer=zm.last_layer, validation=validation)
+                      make_guide=zm.make_guide, last_layer=zm.last_layer, validation=validation, world=world)
     problem.path = path = "plate" if zm.vectorized else decide_path(problem)
     start = time.perf_counter()
-    result = engine.fit(problem)
+    with _held(zm.modules.values(), not getattr(engine, "trains_modules", False)):
+        result = engine.fit(problem)
     elapsed = time.perf_counter() - start
     info = {**result.info, "vectorized": path, "status": result.status.to_json()}
     if result.log_q is not None and result.samples:
@@ -121,7 +141,8 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
         if log_ratio is not None:
             result.sample_stats["log_ratio"] = log_ratio.reshape(1, -1)
     post = (zm.posterior_class or Posterior)(zm, result.samples, method=engine.name, sites=sites,
-                               sample_stats=result.sample_stats, loss=result.loss, params=result.params,
+                               sample_stats=result.sample_stats, loss=result.loss,
+                               params={**zm.fitted_state(), **result.params},
                                info=info, target_scale=target_scale, timings={"fit_s": elapsed},
                                options=options)
     post.compute_deterministic(args)

@@ -17,6 +17,7 @@ from pyro.infer.autoguide import AutoGuide
 
 from .._errors import ZooError
 from .._noise import per_example_noise
+from . import distributed
 from ._base import (
     FitResult,
     check_positive,
@@ -78,6 +79,7 @@ class SVI:
     """
 
     name: ClassVar[str] = "svi"
+    trains_modules: ClassVar[bool] = True  # the model's networks (pyro.module) train beside the guide
     guide: str | Callable | None = None
     guide_options: dict = field(default_factory=dict)
     num_steps: int | None = None
@@ -110,7 +112,10 @@ class SVI:
         check_positive("svi: batch_size", batch_size)
         num_steps = self._num_steps(n, batch_size)
         guide = problem.make_guide(self.guide, **self.guide_options)
-        minibatch = batch_size < n
+        world = problem.world
+        if world is not None and n < world.size:
+            raise ZooError(f"svi: {world.size} processes but {n} data points; each process needs at least one")
+        minibatch = batch_size < n or world is not None  # under torchrun each process fits its shard of a batch
         model = on_minibatch(problem.model) if minibatch else problem.model
         guide_run = on_minibatch(guide) if minibatch else guide
         elbo_options = dict(num_particles=self.num_particles, vectorize_particles=self.num_particles > 1,
@@ -120,12 +125,20 @@ class SVI:
         else:
             elbo = ELBOS[self.elbo](**elbo_options)
         if minibatch:
-            _check_subsampling(model, args, batch_size)
+            _check_subsampling(model, args, batch_size if world is None else -(-batch_size // world.size))
 
         losses, notes = [], []
-        order = {"perm": torch.randperm(n, device=args[0].device)}
+        device = args[0].device
+
+        def permutation():  # the batches' order: rank 0's in every process
+            perm = torch.randperm(n, device=device)
+            return perm if world is None else distributed.from_rank_0(perm)
+
+        order = {"perm": permutation()}
         if minibatch and isinstance(guide, AutoGuide) and not sites.local:  # after the permutation, as before
             _prototype_on_minibatch(guide, args, order["perm"][:batch_size])
+        if world is not None:
+            _start_alike(elbo, model, guide_run, (*args, distributed.shard(order["perm"][:batch_size], world)[0]))
         optim = self._optimizer(num_steps)
         last_good = _LastGood()
         graph = {}  # after the first step: "params"; "traced", the ELBO as a graph (or None); "step", the one run
@@ -170,9 +183,14 @@ class SVI:
             if minibatch:
                 start = (t * batch_size) % n
                 if start + batch_size > n:
-                    order["perm"], start = torch.randperm(n, device=args[0].device), 0
-                step_args = (*args, order["perm"][start:start + batch_size])
+                    order["perm"], start = permutation(), 0
+                indices, share = order["perm"][start:start + batch_size], 1.0
+                if world is not None:
+                    indices, share = distributed.shard(indices, world)
+                step_args = (*args, indices)
             loss, finite, params = graph_step(t, step_args) if graph.get("step") else pyro_step(step_args)
+            if world is not None:
+                loss, finite = distributed.average(params, loss, share)
             if not finite:
                 for p in params:
                     p.grad = None
@@ -218,6 +236,19 @@ class SVI:
         return step
 
 
+def _start_alike(elbo, model, guide, step_args) -> None:
+    """Every process starts from rank 0's parameters (created by one loss evaluation), then draws its own
+    random numbers."""
+    with torch.no_grad():
+        elbo.loss(model, guide, *step_args)
+    params = [p for _, p in pyro.get_param_store().named_parameters()]
+    for p in params:
+        distributed.from_rank_0(p.data)
+    rank = torch.distributed.get_rank()
+    if rank:  # rank 0 draws as one process would
+        pyro.set_rng_seed(int(torch.randint(2**31, ())) + rank)
+
+
 def _choose(step: ElboStep, traced: ElboStep, timed: dict, params, step_args, steps_left: int) -> ElboStep:
     """After the first traced steps: compile if the time they took says it pays; after the first compiled
     steps: go back to the traced graph if they were no faster (convolutions can be)."""
@@ -249,7 +280,7 @@ class _LastGood:
 def _check_subsampling(model, args, batch_size):
     """Fail early, with the fix, when a model ignores the indices of plate 'data'."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the check leaves the random stream alone
             trace = poutine.trace(model).get_trace(*args, torch.arange(batch_size, device=args[0].device))
         sizes = {s["fn"].batch_shape[f.dim] for s in trace.nodes.values()
                  if s["type"] == "sample" and s["is_observed"] and not s["infer"].get("_deterministic")
@@ -257,9 +288,10 @@ def _check_subsampling(model, args, batch_size):
     except (ValueError, RuntimeError) as err:
         sizes = {str(err)}
     if sizes != {batch_size}:
-        raise ZooError("svi: batch_size needs a model whose observations sit in "
+        raise ZooError("svi: minibatches (batch_size=, or a fit split over processes by torchrun) need a model "
+                       "whose observations sit in "
                        "`with pyro.plate('data', len(x)) as idx:` and index the data with idx "
-                       "(x[idx], y[idx]); this model does not, so leave batch_size=None")
+                       "(x[idx], y[idx]); this model does not, so leave batch_size=None and run in one process")
 
 
 def _prototype_on_minibatch(guide: AutoGuide, args: tuple, indices: torch.Tensor) -> None:
