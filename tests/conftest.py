@@ -6,6 +6,8 @@ import pytest
 import torch
 
 DEVICE = os.environ.get("ZOO_DEVICE", "cpu")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n: one core per worker, not every worker on every core
+    torch.set_num_threads(1)
 
 # the suite tests the shipped data, whatever the user's environment points at: no $ZOO_DATA, an empty cache
 os.environ.pop("ZOO_DATA", None)

@@ -61,4 +61,5 @@ def test_cli_under_torchrun_writes_once_and_refuses_on_every_rank(tmp_path):
     assert refused.returncode != 0
     assert refused.stderr.count("zoo: error:") == 1 and "laplace runs in one process" in refused.stderr
     codes = re.findall(r"exitcode\s*:\s*(-?\d+)", refused.stderr)
-    assert codes and set(codes) == {"2"}, refused.stderr[-2000:]  # every rank stopped with 2, none hung
+    # no rank hung: each stopped with 2, or was stopped by torchrun (SIGTERM) when another had
+    assert "2" in codes and set(codes) <= {"2", "-15"}, refused.stderr[-2000:]

@@ -135,7 +135,9 @@ def main(argv=None) -> int:
         return 0
     except ZooError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops, rank 0 says why
-            print(f"zoo: error: {' '.join(str(err).split())}", file=sys.stderr)
+            print(f"zoo: error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
+        if torch.distributed.is_initialized():  # no rank leaves before rank 0 has said it (torchrun stops the
+            torch.distributed.barrier()          # others when the first one exits)
         return 2
     except KeyboardInterrupt:
         print("zoo: interrupted", file=sys.stderr)
@@ -153,6 +155,7 @@ def run_fit(args) -> None:
     from .metrics import classification, mutual_information, predictive_entropy
     from .plots import image_grid, predictive_plot, reliability_diagram, trace_plot
 
+    world = distributed.join()  # under torchrun: rank 0 checks the folder, reports and writes
     config, options = key_values(args.set, "--set"), key_values(args.option, "--option")
     where = {"split": args.split} if args.split is not None else {}
     where.update({"path": args.data_path} if args.data_path else {})
@@ -164,7 +167,6 @@ def run_fit(args) -> None:
         data = datasets.load(args.data, **where, binarize=True)
     make_backend(args.backend, options)  # bad backend options fail here, before any output
     out = Path(args.out or f"runs/{args.model}-{args.data}-{args.backend}")
-    world = distributed.join()  # under torchrun: rank 0 checks the folder, reports and writes
     leader = world is None or world.leader
     refusal = None
     try:

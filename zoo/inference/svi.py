@@ -125,7 +125,11 @@ class SVI:
         else:
             elbo = ELBOS[self.elbo](**elbo_options)
         if minibatch:
-            _check_subsampling(model, args, batch_size if world is None else -(-batch_size // world.size))
+            if world is None:
+                _check_subsampling(model, args, batch_size)
+            else:  # without moving rank 0's random stream from the one a single process would draw
+                with torch.random.fork_rng(devices=[]):
+                    _check_subsampling(model, args, -(-batch_size // world.size))
 
         losses, notes = [], []
         device = args[0].device
@@ -280,7 +284,7 @@ class _LastGood:
 def _check_subsampling(model, args, batch_size):
     """Fail early, with the fix, when a model ignores the indices of plate 'data'."""
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the check leaves the random stream alone
+        with torch.no_grad():
             trace = poutine.trace(model).get_trace(*args, torch.arange(batch_size, device=args[0].device))
         sizes = {s["fn"].batch_shape[f.dim] for s in trace.nodes.values()
                  if s["type"] == "sample" and s["is_observed"] and not s["infer"].get("_deterministic")

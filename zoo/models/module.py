@@ -85,7 +85,7 @@ class ModuleNet:
         self.loop = any(isinstance(m, nn.RNNBase) for m in module.modules())  # no vmap rule for fused RNNs
 
     def __call__(self, x, y=None):
-        weights = {s.name: weight(s.name, s.shape, self.prior_scale, x.device) for s in self.sites if not s.point}
+        weights = {s.name: weight(s.name, s.shape, self.prior_scale, x.device) for s in self.sites}
         scales = self.likelihood.sample_noise(x.device) if self.likelihood else None
         if any(p.requires_grad for p in self.state.parameters()):  # not while laplace or nuts hold them
             pyro.module(POINTS, self.state)
@@ -207,8 +207,8 @@ class ModuleModel(NetworkModel):
         return super().refusal(backend)
 
     def validate(self, args):
-        if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
-            raise ZooError("bayesian module: expected data (x, y) with x a floating-point tensor (points, ...)")
+        if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
+            raise ZooError(f"{self.card.name}: expected data (x, y) with x a tensor (points, ...)")
         if self.outputs is None:
             self.outputs = _outputs(self.model.module, args[0])
         law = self.model.likelihood
