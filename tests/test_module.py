@@ -138,6 +138,9 @@ def test_eval_mode_resnet_gets_last_layer_laplace():
     assert model.last_layer == ["fc.weight", "fc.bias"]
     post = zoo.fit(model, (x, y), backend="laplace", subset="last-layer", num_steps=200, prior_rounds=1, seed=0)
     assert post.info["subset"] == "last-layer" and post.info["num_parameters"] == 4 * 2 + 2
+    # KFAC finds the convolution and the linear layer as functional_call runs them
+    kron = zoo.fit(model, (x, y), backend="laplace", hessian="kron", num_steps=200, prior_rounds=1, seed=0)
+    assert kron.info["hessian"] == "kron" and kron.info["num_parameters"] == 4 * 4 * 9 + 4 * 2 + 2
 
 
 def test_recurrent_module_with_mc_dropout():
