@@ -142,6 +142,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("zoo: interrupted", file=sys.stderr)
         return 130
+    finally:
+        # gloo torn down by the interpreter's exit can abort (SIGABRT) a rank whose peer has already gone
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def run_fit(args) -> None:
