@@ -29,15 +29,18 @@ def linear(x, y=None):
 
 
 def fits() -> dict:
-    """The same three fits, wherever they run: what each keeps."""
+    """The same four fits, wherever they run: what each keeps."""
     data = regression_data()
     delta = zoo.fit(linear, data, guide="delta", num_steps=60, lr=0.05, elbo_step="pyro", seed=1, num_samples=5)
     field = zoo.fit(linear, data, guide="mean-field", num_steps=60, batch_size=16, seed=2, num_samples=5)
     nuts = zoo.fit(linear, data, backend="nuts", num_chains=4, num_warmup=60, num_samples=40, seed=3)
+    chees = zoo.fit(linear, data, backend="chees", num_chains=4, num_warmup=100, num_samples=40, seed=4)
     return {"delta_loss": torch.tensor(delta.loss), "delta_w": delta.params["AutoDelta.w"]
             if "AutoDelta.w" in delta.params else delta.samples["w"][0, 0],
             "field_loss": torch.tensor(field.loss), "field_params": {k: v for k, v in field.params.items()},
-            "nuts_w": nuts.samples["w"], "nuts_stats": nuts.sample_stats["tree_depth"]}
+            "nuts_w": nuts.samples["w"], "nuts_stats": nuts.sample_stats["tree_depth"],
+            "chees_w": chees.samples["w"], "chees_steps": chees.sample_stats["n_steps"],
+            "chees_length": chees.info["trajectory_length"]}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The batched sampler's parts against known answers: Stan's warmup schedule, the U-turn checkpoints
 against brute force, per-chain random streams, a chain's draws alone and among many, and bad input."""
 
+from types import SimpleNamespace
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -72,6 +74,7 @@ def test_chees_restarts_stuck_chains_from_the_others():
     logp[2] = -1000.0  # it moves, but in a mode of negligible mass
     before = Point(z, -z, logp, 2 * z)
     run.point, run.random, run.restarted = before, ChainRandom(0, 6), 0
+    run.chains = SimpleNamespace(world=None)  # one process
     run.accepted = torch.tensor([3, 0, 1, 0, 0, 7])  # chains 1, 3 and 4 accepted nothing
     run._restart_stuck(10)
     kept = [0, 5]

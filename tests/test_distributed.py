@@ -44,6 +44,10 @@ def test_two_processes_give_the_one_process_fits(tmp_path):
     # NUTS: 4 chains, 2 per process, mass matrix pooled over all 4: the very draws of one process
     assert torch.equal(two["nuts_w"], one["nuts_w"])
     assert torch.equal(two["nuts_stats"], one["nuts_stats"])
+    # ChEES: 4 chains, 2 per process, step size and trajectory length learnt across all 4: the same draws
+    assert two["chees_length"] == one["chees_length"]
+    assert torch.equal(two["chees_steps"], one["chees_steps"])
+    assert torch.equal(two["chees_w"], one["chees_w"])
 
 
 def test_cli_under_torchrun_writes_once_and_refuses_on_every_rank(tmp_path):

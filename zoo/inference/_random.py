@@ -34,6 +34,7 @@ class ChainRandom:
     every use its own counter."""
 
     def __init__(self, seed: int, chains: int, device=None, first: int = 0):
+        self.first = first
         numbers = torch.arange(first, first + chains, dtype=torch.int64, device=device)
         self.keys = _mix(_mix(torch.tensor(seed, dtype=torch.int64, device=device)) + numbers * _GOLDEN)
 

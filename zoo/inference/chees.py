@@ -102,7 +102,7 @@ class _ChEESRun(ChainRun):
     def __init__(self, config: ChEES, chains: Chains, num_samples: int, leapfrog_step):
         super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, True)
         self.config, self.leapfrog_step = config, leapfrog_step
-        self.step_size = self._shared(self.step_size)
+        self.step_size = self._shared(*self.pool(self.step_size))  # every process's chains' searches
         self.adapt = DualAveraging(config.target_accept, self.step_size[:1].log())
         self.length = float(self.step_size[0])  # T, starting at one step: Adam's iterate during warmup
         self.log_length_avg = math.log(self.length)  # its running average: T after warmup
@@ -138,8 +138,11 @@ class _ChEESRun(ChainRun):
                            energy=-self.point.logp + metric.kinetic(self.point.r), step_size=self.step_size,
                            acceptance_rate=accept_prob, lp=self.point.logp))
             return
-        self._adapt_length(h, start.z, point, accept_prob, diverging)
         self.accepted += accepted
+        # the criterion and the acceptance are estimated across every process's chains
+        v = velocity(metric.inverse_mass, point.r)
+        x, proposal, v, accept_prob, diverging = self.pool(start.z, point.z, v, accept_prob, diverging)
+        self._adapt_length(h, x, proposal, v, accept_prob, diverging)
         if t + 1 in self.checks:
             self._restart_stuck(t)
         kept = ~diverging
@@ -147,7 +150,7 @@ class _ChEESRun(ChainRun):
         self.adapt.update(torch.as_tensor(harmonic, dtype=error.dtype).reshape(1))
         self.step_size = self._shared(self.adapt.step_size)
         if self.new_metric(t):
-            self.step_size = self._shared(self.search_step_size(self.step_size, t + 1))
+            self.step_size = self._shared(*self.pool(self.search_step_size(self.step_size, t + 1)))
             self.adapt.restart(self.step_size[:1])
         if t + 1 == c.num_warmup:
             self.step_size = self._shared(self.adapt.final_step_size)
@@ -155,18 +158,18 @@ class _ChEESRun(ChainRun):
         step = float(self.step_size[0])
         self.length = min(max(self.length, step), c.max_leapfrog_steps * step)
 
-    def _adapt_length(self, h: float, x: torch.Tensor, proposal: Point, accept_prob: torch.Tensor,
-                      diverging: torch.Tensor) -> None:
-        """One Adam step of log T up the ChEES gradient; the iterate runs the warmup's trajectories, its
-        running average (weight t^-1/2, as BlackJAX and TFP) is the T kept after."""
-        weight = torch.where(diverging | ~torch.isfinite(proposal.z).all(-1), 0.0, accept_prob)
+    def _adapt_length(self, h: float, x: torch.Tensor, proposal: torch.Tensor, v: torch.Tensor,
+                      accept_prob: torch.Tensor, diverging: torch.Tensor) -> None:
+        """One Adam step of log T up the ChEES gradient, from the chains' points ``x``, their proposals and
+        the proposals' velocities ``v``; the iterate runs the warmup's trajectories, its running average
+        (weight t^-1/2, as BlackJAX and TFP) is the T kept after."""
+        weight = torch.where(diverging | ~torch.isfinite(proposal).all(-1), 0.0, accept_prob)
         if float(weight.sum()) <= 0:
             return
-        x_new = torch.where(weight.unsqueeze(-1) > 0, proposal.z, x)
+        x_new = torch.where(weight.unsqueeze(-1) > 0, proposal, x)
         centred_new = x_new - (weight.unsqueeze(-1) * x_new).sum(0) / weight.sum()
         centred_old = x - x.mean(0)
         change = (centred_new**2).sum(-1) - (centred_old**2).sum(-1)
-        v = velocity(self.metric.inverse_mass, proposal.r)
         per_chain = h * self.length * change * (centred_new * v).sum(-1)  # d ChEES / d log T
         grad = float((weight * torch.nan_to_num(per_chain)).sum() / weight.sum())
         if self.updates:  # an outlying chain's gradient would hold Adam's scale up for dozens of iterations
@@ -189,17 +192,20 @@ class _ChEESRun(ChainRun):
         of negligible mass, such as a mixture component collapsed onto one point, which would hold the
         shared step size down), restart from the points of chains picked at random among the others: all
         chains are alike during warmup, and its draws are discarded."""
-        logp = torch.nan_to_num(self.point.logp, nan=-torch.inf)
-        gap = LOG_DENSITY_GAP + 6 * math.sqrt(self.point.z.shape[1] / 2)  # 6 sd of log p in a typical set
-        stuck = (self.accepted == 0) | (logp < logp.median() - gap)
+        u = self.random.uniform(t * SLOTS + 2, 1, self.point.z.dtype)[:, 0]
+        accepted, u, *point = self.pool(self.accepted, u, *self.point)  # every process's chains
+        point = Point(*point)
         self.accepted = torch.zeros_like(self.accepted)
+        logp = torch.nan_to_num(point.logp, nan=-torch.inf)
+        gap = LOG_DENSITY_GAP + 6 * math.sqrt(point.z.shape[1] / 2)  # 6 sd of log p in a typical set
+        stuck = (accepted == 0) | (logp < logp.median() - gap)
         kept = (~stuck).nonzero().flatten()
         if not bool(stuck.any()) or len(kept) == 0:
             return
-        u = self.random.uniform(t * SLOTS + 2, 1, self.point.z.dtype)[:, 0]
         donor = kept[(u * len(kept)).long().clamp(max=len(kept) - 1)]
-        self.point = self.point.where(~stuck, Point(*(a[donor] for a in self.point)))
-        self.restarted += int(stuck.sum())
+        ours = slice(self.random.first, self.random.first + len(self.accepted))
+        self.point = self.point.where(~stuck[ours], Point(*(a[donor[ours]] for a in point)))
+        self.restarted += int(stuck.sum())  # over all processes
 
     def postfix(self) -> dict:
         return {"step": f"{float(self.step_size[0]):.3g}", "steps": self.num_steps}

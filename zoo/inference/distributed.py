@@ -17,7 +17,7 @@ import torch.distributed as dist
 from .._errors import ZooError
 
 # how each backend runs under torchrun; the others are refused with the reason
-SPLITS = {"svi": "data-parallel", "nuts": "chains"}
+SPLITS = {"svi": "data-parallel", "nuts": "chains", "chees": "chains"}
 
 
 @dataclass(frozen=True)
