@@ -50,6 +50,10 @@ if __name__ == "__main__":
     everyone = [torch.empty_like(params) for _ in range(torch.distributed.get_world_size())]
     torch.distributed.all_gather(everyone, params)
     result["field_params_equal_on_ranks"] = all(torch.equal(everyone[0], p) for p in everyone)
+    try:
+        zoo.fit(linear, regression_data(), batch_size=1, num_steps=1)
+    except zoo.ZooError as err:
+        result["one_point_batches"] = str(err)
     if rank == 0:
         torch.save(result, sys.argv[1])
     torch.distributed.destroy_process_group()

@@ -48,6 +48,8 @@ def test_two_processes_give_the_one_process_fits(tmp_path):
     assert two["chees_length"] == one["chees_length"]
     assert torch.equal(two["chees_steps"], one["chees_steps"])
     assert torch.equal(two["chees_w"], one["chees_w"])
+    # a batch smaller than the number of processes is refused, with what to do
+    assert "use a batch_size of at least 2" in two["one_point_batches"]
 
 
 def test_cli_under_torchrun_writes_once_and_refuses_on_every_rank(tmp_path):

@@ -113,8 +113,10 @@ class SVI:
         num_steps = self._num_steps(n, batch_size)
         guide = problem.make_guide(self.guide, **self.guide_options)
         world = problem.world
-        if world is not None and n < world.size:
-            raise ZooError(f"svi: {world.size} processes but {n} data points; each process needs at least one")
+        if world is not None and batch_size < world.size:
+            raise ZooError(f"svi: batches of {batch_size} points{' (all the data)' * (batch_size == n)} split over "
+                           f"{world.size} processes leave some without a point; use a batch_size of at least "
+                           f"{world.size}, or fewer processes")
         minibatch = batch_size < n or world is not None  # under torchrun each process fits its shard of a batch
         model = on_minibatch(problem.model) if minibatch else problem.model
         guide_run = on_minibatch(guide) if minibatch else guide
