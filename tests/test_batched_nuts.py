@@ -117,6 +117,20 @@ def test_a_chain_draws_the_same_alone_or_among_many():
     assert not torch.equal(among.samples["mu"][0], among.samples["mu"][1])
 
 
+@pytest.mark.slow  # it compiles
+def test_auto_density_compiles_once_the_projected_steps_pay_for_it(monkeypatch):
+    import zoo.inference.nuts as nuts
+
+    options = dict(num_warmup=100, num_samples=100, max_tree_depth=5, seed=1)
+    short = zoo.fit(_eight_schools, SCHOOLS, "nuts", **options)
+    assert short.info["density"] == "traced" and "compiled_from_iteration" not in short.info
+    monkeypatch.setattr(nuts, "AUTO_COMPILE_STEPS", 500)  # the rest of this run projects to some 1,000 to 3,000
+    switched = zoo.fit(_eight_schools, SCHOOLS, "nuts", **options)
+    assert switched.info["density"] == "compiled" and switched.info["compiled_from_iteration"] == 25
+    assert switched.samples["mu"].shape == short.samples["mu"].shape == (4, 100)
+    assert abs(float(switched.samples["mu"].mean()) - 4.4) < 1.5  # the reference mean; sd 3.3, 400 draws
+
+
 @pytest.mark.parametrize("density", ["traced", pytest.param("compiled", marks=pytest.mark.slow)])
 def test_eight_schools_matches_its_reference(density):
     # the non-centred eight schools posterior (posteriordb eight_schools_noncentered): mu 4.4 (3.3), tau 3.6 (3.2)

@@ -70,15 +70,16 @@ class Chains:
         return run, "compiled"
 
 
-def check_chain_options(config) -> None:
-    """The options every batched sampler has: num_warmup, num_chains, target_accept, density, init_spread."""
+def check_chain_options(config, modes: tuple[str, ...] = MODES) -> None:
+    """The options every batched sampler has: num_warmup, num_chains, target_accept, density (one of
+    ``modes``), init_spread."""
     name = config.name
     check_positive(f"{name}: num_warmup", config.num_warmup + 1)
     check_positive(f"{name}: num_chains", config.num_chains)
     if not 0 < config.target_accept < 1:
         raise ZooError(f"{name}: target_accept must be in (0, 1), got {config.target_accept}")
-    if config.density not in MODES:
-        raise ZooError(f"{name}: density must be one of {MODES}, got {config.density!r}")
+    if config.density not in modes:
+        raise ZooError(f"{name}: density must be one of {modes}, got {config.density!r}")
     if not (isinstance(config.init_spread, (int, float)) and 0 <= config.init_spread < math.inf):
         raise ZooError(f"{name}: init_spread must be a number >= 0, got {config.init_spread!r}")
 
