@@ -11,10 +11,11 @@ import zoo
 ROOT = Path(__file__).resolve().parent.parent
 # the guide fits a 50-unit network with every backend on boston (minutes), the Laplace page its default fit
 # of a 20-unit one on yacht (20-50 s), the active-learning page six small fits, the site's home page a Laplace
-# fit, the networks page a CNN on 2,000 digits: slow
+# fit, the networks page a CNN on 2,000 digits, the ArviZ and uncertainty pages NUTS and LeNet fits: slow
 DOCS = ["README.md", *(pytest.param(doc, marks=pytest.mark.slow) for doc in ("docs/getting-started.md",
                                                                            "docs/laplace.md", "docs/active.md",
-                                                                           "docs/index.md", "docs/networks.md"))]
+                                                                           "docs/index.md", "docs/networks.md",
+                                                                           "docs/arviz.md", "docs/uncertainty.md"))]
 
 
 def _blocks(path: Path) -> list[str]:
