@@ -52,6 +52,15 @@ def test_two_processes_give_the_one_process_fits(tmp_path):
     assert "use a batch_size of at least 2" in two["one_point_batches"]
 
 
+def test_the_scaling_pages_script_runs_as_printed(tmp_path):
+    page = (HERE.parent / "docs" / "scaling.md").read_text()
+    (tmp_path / "fit.py").write_text(re.findall(r"```python\n(.*?)```", page, flags=re.S)[0])
+    run = torchrun("fit.py", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    post = zoo.load_posterior(tmp_path / "runs/yacht")
+    assert post.info["batch_size"] == 64 and post.info["num_steps"] == 200
+
+
 def test_cli_under_torchrun_writes_once_and_refuses_on_every_rank(tmp_path):
     fit = torchrun("-m", "zoo", "fit", "bnn", "--data", "yacht", "--split", "0", "--set", "hidden=[10]",
                    "--option", "num_steps=100", "--option", "batch_size=64", "--num-samples", "100",
