@@ -118,17 +118,18 @@ def test_a_chain_draws_the_same_alone_or_among_many():
 
 
 @pytest.mark.slow  # it compiles
-def test_auto_density_compiles_once_the_projected_steps_pay_for_it(monkeypatch):
-    import zoo.inference.nuts as nuts
+@pytest.mark.parametrize("backend, options", [("nuts", dict(max_tree_depth=5)), ("chees", dict(num_chains=8))])
+def test_auto_density_compiles_once_the_projected_steps_pay_for_it(backend, options, monkeypatch):
+    import zoo.inference.batched as batched
 
-    options = dict(num_warmup=100, num_samples=100, max_tree_depth=5, seed=1)
-    short = zoo.fit(_eight_schools, SCHOOLS, "nuts", **options)
+    options = dict(num_warmup=100, num_samples=100, seed=1, **options)
+    short = zoo.fit(_eight_schools, SCHOOLS, backend, **options)
     assert short.info["density"] == "traced" and "compiled_from_iteration" not in short.info
-    monkeypatch.setattr(nuts, "AUTO_COMPILE_STEPS", 500)  # the rest of this run projects to some 1,000 to 3,000
-    switched = zoo.fit(_eight_schools, SCHOOLS, "nuts", **options)
+    monkeypatch.setattr(batched, "AUTO_COMPILE_STEPS", 300)  # the rest of these runs project to 500 and more
+    switched = zoo.fit(_eight_schools, SCHOOLS, backend, **options)
     assert switched.info["density"] == "compiled" and switched.info["compiled_from_iteration"] == 25
-    assert switched.samples["mu"].shape == short.samples["mu"].shape == (4, 100)
-    assert abs(float(switched.samples["mu"].mean()) - 4.4) < 1.5  # the reference mean; sd 3.3, 400 draws
+    assert switched.samples["mu"].shape == short.samples["mu"].shape
+    assert abs(float(switched.samples["mu"].mean()) - 4.4) < 1.5  # the reference mean; sd 3.3
 
 
 @pytest.mark.parametrize("density", ["traced", pytest.param("compiled", marks=pytest.mark.slow)])

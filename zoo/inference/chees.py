@@ -71,7 +71,7 @@ class ChEES:
     learning_rate: float = 0.025
     dense_mass: bool = False
     init_spread: float = 1.0
-    density: str = "traced"
+    density: str = "auto"
 
     def check(self) -> None:
         check_chain_options(self)
@@ -84,15 +84,22 @@ class ChEES:
     def fit(self, problem) -> FitResult:
         self.check()
         chains = start_chains(problem, self.name, self.num_chains, self.init_spread, self.density, self.dense_mass)
-        point = chains.point
-        example = (Point(point.z, torch.ones_like(point.z), point.logp, point.grad),
-                   torch.full_like(point.logp, 1e-3), identity_metric(point, self.dense_mass).inverse_mass)
-        step, mode = chains.bind(leapfrog, example if self.density == "compiled" else None)
-        run = _ChEESRun(self, chains, problem.num_samples, step)
-        result = run.run(problem, {"density": mode})
+        run = _ChEESRun(self, chains, problem.num_samples, self._leapfrog_step(chains, self.density == "compiled"))
+        result = run.run(problem, {})
         result.info["trajectory_length"] = run.length
         result.info["chains_restarted"] = run.restarted  # in warmup, stuck: from other chains' points
         return result
+
+
+    def _leapfrog_step(self, chains: Chains, compiled: bool):
+        """One leapfrog step of all chains, and how the density runs in it; ``compiled``: the step and the
+        traced density as one compiled graph."""
+        if not compiled:
+            return chains.bind(leapfrog)
+        point = chains.point
+        example = (Point(point.z, torch.ones_like(point.z), point.logp, point.grad),
+                   torch.full_like(point.logp, 1e-3), identity_metric(point, self.dense_mass).inverse_mass)
+        return chains.bind(leapfrog, example)
 
 
 class _ChEESRun(ChainRun):
@@ -100,8 +107,10 @@ class _ChEESRun(ChainRun):
     stat_names = ("diverging", "n_steps", "energy", "step_size", "acceptance_rate", "lp")
 
     def __init__(self, config: ChEES, chains: Chains, num_samples: int, leapfrog_step):
-        super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, True)
-        self.config, self.leapfrog_step = config, leapfrog_step
+        self.leapfrog_step, mode = leapfrog_step
+        super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, True, mode,
+                         config.density == "auto")
+        self.config = config
         self.step_size = self._shared(*self.pool(self.step_size))  # every process's chains' searches
         self.adapt = DualAveraging(config.target_accept, self.step_size[:1].log())
         self.length = float(self.step_size[0])  # T, starting at one step: Adam's iterate during warmup
@@ -206,6 +215,10 @@ class _ChEESRun(ChainRun):
         ours = slice(self.random.first, self.random.first + len(self.accepted))
         self.point = self.point.where(~stuck[ours], Point(*(a[donor[ours]] for a in point)))
         self.restarted += int(stuck.sum())  # over all processes
+
+    def compile_step(self) -> str:
+        self.leapfrog_step, mode = self.config._leapfrog_step(self.chains, compiled=True)
+        return mode
 
     def postfix(self) -> dict:
         return {"step": f"{float(self.step_size[0]):.3g}", "steps": self.num_steps}

@@ -10,15 +10,7 @@ from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
 from .batched import ChainRun, Chains, check_chain_options, identity_metric, start_chains
-from .traced import MODES
 from .trajectory import SLOTS, example_leaves, first_tree, grow_leaves, nuts_transition
-
-# density="auto": at iterations 25, 50, 100, 200... the run's remaining leapfrog steps are projected from the
-# rate since the last such check, and beyond AUTO_COMPILE_STEPS the leaf runs are compiled. A small model's step
-# costs ~4 ms traced and ~0.15 ms compiled on 2 CPU cores, and compiling takes up to a minute: it pays from some
-# 15,000 steps on.
-AUTO_FIRST_CHECK = 25
-AUTO_COMPILE_STEPS = 20_000
 
 
 @register_backend
@@ -67,7 +59,7 @@ class NUTS:
     density: str = "auto"
 
     def check(self) -> None:
-        check_chain_options(self, (*MODES, "auto"))
+        check_chain_options(self)
         check_positive(f"{self.name}: max_tree_depth", self.max_tree_depth)
         if self.max_tree_depth > SLOTS - 2:
             raise ZooError(f"{self.name}: max_tree_depth must be at most {SLOTS - 2}, got {self.max_tree_depth}")
@@ -76,11 +68,7 @@ class NUTS:
         self.check()
         chains = start_chains(problem, self.name, self.num_chains, self.init_spread, self.density, self.dense_mass)
         run = _NUTSRun(self, chains, problem.num_samples, self._leaf_step(chains, self.density == "compiled"))
-        result = run.run(problem, {})
-        result.info["density"] = run.mode  # density="auto" may have compiled on the way
-        if run.compiled_from is not None:
-            result.info["compiled_from_iteration"] = run.compiled_from
-        return result
+        return run.run(problem, {})
 
     def _leaf_step(self, chains: Chains, compiled: bool):
         """A run of leaves of the trajectory for all chains, and how the density runs in it; ``compiled``: the
@@ -101,17 +89,16 @@ class _NUTSRun(ChainRun):
     stat_names = ("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate", "lp")
 
     def __init__(self, config: NUTS, chains: Chains, num_samples: int, leaf_step):
-        super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, config.pooled_mass)
-        self.config, (self.grow_run, self.mode) = config, leaf_step
-        self.compiled_from, self.checked = None, (0, 0)  # density="auto": the last check's (iteration, steps)
+        self.grow_run, mode = leaf_step
+        super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, config.pooled_mass, mode,
+                         config.density == "auto")
+        self.config = config
         self.adapt = DualAveraging(config.target_accept, self.step_size.log())
         self.depth = 0
         self.tree = first_tree(self.point, config.max_tree_depth)
 
     def step(self, t: int) -> None:
         c = self.config
-        if c.density == "auto" and self.mode == "traced" and t == max(AUTO_FIRST_CHECK, 2 * self.checked[0]):
-            self._compile_if_it_pays(t)
         self.tree, moved = nuts_transition(self.tree, self.step_size, self.metric, self.momentum(t), self.grow_run,
                                            self.random.keys, t, c.max_tree_depth)
         self.point = moved.point
@@ -130,15 +117,9 @@ class _NUTSRun(ChainRun):
         if t + 1 == c.num_warmup:
             self.step_size = self.adapt.final_step_size
 
-    def _compile_if_it_pays(self, t: int) -> None:
-        (done,) = self.pool(self.leapfrogs)  # every process's chains: all decide alike
-        done = int(done.max())
-        since, steps_then = self.checked
-        self.checked = (t, done)
-        projected = (done - steps_then) / (t - since) * (self.num_warmup + self.num_samples - t)
-        if projected > AUTO_COMPILE_STEPS:
-            self.grow_run, self.mode = self.config._leaf_step(self.chains, compiled=True)
-            self.compiled_from = t if self.mode == "compiled" else None
+    def compile_step(self) -> str:
+        self.grow_run, mode = self.config._leaf_step(self.chains, compiled=True)
+        return mode
 
     def postfix(self) -> dict:
         return {"step": f"{float(self.step_size.mean()):.3g}", "depth": self.depth}
