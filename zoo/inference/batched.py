@@ -225,7 +225,7 @@ class ChainRun(ABC):
         self._compile_if_it_pays(t)
         self.step(t)
 
-    def run(self, problem, info: dict) -> FitResult:
+    def run(self, problem) -> FitResult:
         start = time.perf_counter()
         status = run_steps(self.num_warmup + self.num_samples, self._step, self.name, problem.progress,
                            postfix=self.postfix)
@@ -242,7 +242,7 @@ class ChainRun(ABC):
         stats = dict(zip(self.stats, stats, strict=True))
         status.warnings += self.collapsed_step_sizes()
         return FitResult(samples, status=status, sample_stats=stats,
-                         info={**info, "density": self.mode,
+                         info={"density": self.mode,
                                **({"compiled_from_iteration": self.compiled_from} if self.compiled_from else {}),
                                "chains_batched": self.point.z.shape[0], "dense_mass": self.dense_mass,
                                "sampling_seconds": seconds,  # warmup and draws, after the setup

@@ -85,7 +85,7 @@ class ChEES:
         self.check()
         chains = start_chains(problem, self.name, self.num_chains, self.init_spread, self.density, self.dense_mass)
         run = _ChEESRun(self, chains, problem.num_samples, self._leapfrog_step(chains, self.density == "compiled"))
-        result = run.run(problem, {})
+        result = run.run(problem)
         result.info["trajectory_length"] = run.length
         result.info["chains_restarted"] = run.restarted  # in warmup, stuck: from other chains' points
         return result

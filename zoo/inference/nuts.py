@@ -68,7 +68,7 @@ class NUTS:
         self.check()
         chains = start_chains(problem, self.name, self.num_chains, self.init_spread, self.density, self.dense_mass)
         run = _NUTSRun(self, chains, problem.num_samples, self._leaf_step(chains, self.density == "compiled"))
-        return run.run(problem, {})
+        return run.run(problem)
 
     def _leaf_step(self, chains: Chains, compiled: bool):
         """A run of leaves of the trajectory for all chains, and how the density runs in it; ``compiled``: the
