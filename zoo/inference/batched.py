@@ -35,6 +35,7 @@ _INIT_COUNTER, _STEP_SEARCH_COUNTER = 2**50, 2**51
 # minute: it pays from some 15,000 steps on.
 AUTO_FIRST_CHECK = 25
 AUTO_COMPILE_STEPS = 20_000
+DENSITIES = (*MODES, "auto")
 
 
 @dataclass
@@ -83,8 +84,8 @@ def check_chain_options(config) -> None:
     check_positive(f"{name}: num_chains", config.num_chains)
     if not 0 < config.target_accept < 1:
         raise ZooError(f"{name}: target_accept must be in (0, 1), got {config.target_accept}")
-    if config.density not in (*MODES, "auto"):
-        raise ZooError(f"{name}: density must be one of {(*MODES, 'auto')}, got {config.density!r}")
+    if config.density not in DENSITIES:
+        raise ZooError(f"{name}: density must be one of {DENSITIES}, got {config.density!r}")
     if not (isinstance(config.init_spread, (int, float)) and 0 <= config.init_spread < math.inf):
         raise ZooError(f"{name}: init_spread must be a number >= 0, got {config.init_spread!r}")
 
@@ -132,15 +133,17 @@ class ChainRun(ABC):
         """What the progress bar shows of the run's state."""
 
     @abstractmethod
-    def compile_step(self) -> str:
-        """Switch the move to its compiled form where that compiles; how the density now runs."""
+    def bind_move(self, compiled: bool) -> tuple[Callable, str]:
+        """The move's kernel (``self.move``) with the density bound, and how the density runs in it;
+        ``compiled``: kernel and traced density as one compiled graph, where that compiles."""
 
     def __init__(self, chains: Chains, num_warmup: int, num_samples: int, dense_mass: bool, pooled_mass: bool,
-                 mode: str, auto: bool):
-        """``mode``: how the density runs in the move; ``auto``: compile the move once the rest of the run is
-        projected to take enough leapfrog steps to pay for it (checked at iterations 25, 50, 100...)."""
+                 density: str):
+        """``density``: the sampler's option; "auto" compiles the move once the rest of the run is projected to
+        take enough leapfrog steps to pay for it (checked at iterations 25, 50, 100...)."""
         self.chains, self.point, self.random, self.density = chains, chains.point, chains.random, chains.density
-        self.mode, self.auto, self.compiled_from, self.checked = mode, auto, None, (0, 0)
+        self.move, self.mode = self.bind_move(density == "compiled")
+        self.auto, self.compiled_from, self.checked = density == "auto", None, (0, 0)
         self.num_warmup, self.num_samples = num_warmup, num_samples
         self.dense_mass, self.pooled_mass = dense_mass, pooled_mass
         self.metric = identity_metric(self.point, dense_mass)
@@ -218,7 +221,7 @@ class ChainRun(ABC):
         since, steps_then = self.checked
         self.checked = (t, done)
         if (done - steps_then) / (t - since) * (self.num_warmup + self.num_samples - t) > AUTO_COMPILE_STEPS:
-            self.mode = self.compile_step()
+            self.move, self.mode = self.bind_move(compiled=True)
             self.compiled_from = t if self.mode == "compiled" else None
 
     def _step(self, t: int) -> None:

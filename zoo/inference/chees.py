@@ -84,33 +84,20 @@ class ChEES:
     def fit(self, problem) -> FitResult:
         self.check()
         chains = start_chains(problem, self.name, self.num_chains, self.init_spread, self.density, self.dense_mass)
-        run = _ChEESRun(self, chains, problem.num_samples, self._leapfrog_step(chains, self.density == "compiled"))
+        run = _ChEESRun(self, chains, problem.num_samples)
         result = run.run(problem)
         result.info["trajectory_length"] = run.length
         result.info["chains_restarted"] = run.restarted  # in warmup, stuck: from other chains' points
         return result
 
 
-    def _leapfrog_step(self, chains: Chains, compiled: bool):
-        """One leapfrog step of all chains, and how the density runs in it; ``compiled``: the step and the
-        traced density as one compiled graph."""
-        if not compiled:
-            return chains.bind(leapfrog)
-        point = chains.point
-        example = (Point(point.z, torch.ones_like(point.z), point.logp, point.grad),
-                   torch.full_like(point.logp, 1e-3), identity_metric(point, self.dense_mass).inverse_mass)
-        return chains.bind(leapfrog, example)
-
-
 class _ChEESRun(ChainRun):
     name = "chees"
     stat_names = ("diverging", "n_steps", "energy", "step_size", "acceptance_rate", "lp")
 
-    def __init__(self, config: ChEES, chains: Chains, num_samples: int, leapfrog_step):
-        self.leapfrog_step, mode = leapfrog_step
-        super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, True, mode,
-                         config.density == "auto")
+    def __init__(self, config: ChEES, chains: Chains, num_samples: int):
         self.config = config
+        super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, True, config.density)
         self.step_size = self._shared(*self.pool(self.step_size))  # every process's chains' searches
         self.adapt = DualAveraging(config.target_accept, self.step_size[:1].log())
         self.length = float(self.step_size[0])  # T, starting at one step: Adam's iterate during warmup
@@ -134,7 +121,7 @@ class _ChEESRun(ChainRun):
         r0 = self.momentum(t)
         begin = point = Point(start.z, r0, start.logp, start.grad)
         for _ in range(self.num_steps):
-            point = self.leapfrog_step(point, self.step_size, metric.inverse_mass)
+            point = self.move(point, self.step_size, metric.inverse_mass)
         error = torch.nan_to_num(-point.logp + metric.kinetic(point.r) + start.logp - metric.kinetic(r0),
                                  nan=torch.inf)
         accept_prob = torch.exp(-error).clamp(max=1.0)
@@ -216,9 +203,14 @@ class _ChEESRun(ChainRun):
         self.point = self.point.where(~stuck[ours], Point(*(a[donor[ours]] for a in point)))
         self.restarted += int(stuck.sum())  # over all processes
 
-    def compile_step(self) -> str:
-        self.leapfrog_step, mode = self.config._leapfrog_step(self.chains, compiled=True)
-        return mode
+    def bind_move(self, compiled: bool):
+        """One leapfrog step of all chains; ``compiled``: the step and the traced density as one graph."""
+        if not compiled:
+            return self.chains.bind(leapfrog)
+        point = self.chains.point
+        example = (Point(point.z, torch.ones_like(point.z), point.logp, point.grad),
+                   torch.full_like(point.logp, 1e-3), identity_metric(point, self.config.dense_mass).inverse_mass)
+        return self.chains.bind(leapfrog, example)
 
     def postfix(self) -> dict:
         return {"step": f"{float(self.step_size[0]):.3g}", "steps": self.num_steps}

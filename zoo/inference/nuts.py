@@ -67,19 +67,7 @@ class NUTS:
     def fit(self, problem) -> FitResult:
         self.check()
         chains = start_chains(problem, self.name, self.num_chains, self.init_spread, self.density, self.dense_mass)
-        run = _NUTSRun(self, chains, problem.num_samples, self._leaf_step(chains, self.density == "compiled"))
-        return run.run(problem)
-
-    def _leaf_step(self, chains: Chains, compiled: bool):
-        """A run of leaves of the trajectory for all chains, and how the density runs in it; ``compiled``: the
-        leapfrog steps, the tree's bookkeeping and the traced density as one compiled graph, which serves
-        every run of a tree (they are all one length)."""
-        if not compiled:
-            return chains.bind(grow_leaves)
-        inverse_mass = identity_metric(chains.point, self.dense_mass).inverse_mass
-        example = example_leaves(chains.point, inverse_mass, chains.random.keys, self.max_tree_depth)
-        # the new point is checked; the energy error, a difference of large numbers, differs by rounding
-        return chains.bind(grow_leaves, example, lambda tree: tree.sub.last)
+        return _NUTSRun(self, chains, problem.num_samples).run(problem)
 
 
 class _NUTSRun(ChainRun):
@@ -88,18 +76,17 @@ class _NUTSRun(ChainRun):
     name = "nuts"
     stat_names = ("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate", "lp")
 
-    def __init__(self, config: NUTS, chains: Chains, num_samples: int, leaf_step):
-        self.grow_run, mode = leaf_step
-        super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, config.pooled_mass, mode,
-                         config.density == "auto")
+    def __init__(self, config: NUTS, chains: Chains, num_samples: int):
         self.config = config
+        super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, config.pooled_mass,
+                         config.density)
         self.adapt = DualAveraging(config.target_accept, self.step_size.log())
         self.depth = 0
         self.tree = first_tree(self.point, config.max_tree_depth)
 
     def step(self, t: int) -> None:
         c = self.config
-        self.tree, moved = nuts_transition(self.tree, self.step_size, self.metric, self.momentum(t), self.grow_run,
+        self.tree, moved = nuts_transition(self.tree, self.step_size, self.metric, self.momentum(t), self.move,
                                            self.random.keys, t, c.max_tree_depth)
         self.point = moved.point
         self.depth = int(moved.tree_depth.max())
@@ -117,9 +104,16 @@ class _NUTSRun(ChainRun):
         if t + 1 == c.num_warmup:
             self.step_size = self.adapt.final_step_size
 
-    def compile_step(self) -> str:
-        self.grow_run, mode = self.config._leaf_step(self.chains, compiled=True)
-        return mode
+    def bind_move(self, compiled: bool):
+        """A run of leaves of the trajectory for all chains; ``compiled``: the leapfrog steps, the tree's
+        bookkeeping and the traced density as one graph, which serves every run of a tree (all one length)."""
+        chains, config = self.chains, self.config
+        if not compiled:
+            return chains.bind(grow_leaves)
+        inverse_mass = identity_metric(chains.point, config.dense_mass).inverse_mass
+        example = example_leaves(chains.point, inverse_mass, chains.random.keys, config.max_tree_depth)
+        # the new point is checked; the energy error, a difference of large numbers, differs by rounding
+        return chains.bind(grow_leaves, example, lambda tree: tree.sub.last)
 
     def postfix(self) -> dict:
         return {"step": f"{float(self.step_size.mean()):.3g}", "depth": self.depth}
