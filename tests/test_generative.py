@@ -152,6 +152,43 @@ def test_denoising_guide_corrupts_only_while_fitting():
     assert not torch.allclose(noisy, clean[0])
 
 
+def test_dynamic_binarization_shows_guide_and_model_one_fresh_draw_per_step():
+    x = torch.full((6, 10), 0.5)
+    zm = zoo.load("vae", data=(x,), latent_dim=2, hidden=[8], dynamic_binarization=True)
+    seen = []
+    zm.network.encoder.trunk.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    guide = zm.make_guide("normal")
+    steps = []
+    for _ in range(2):
+        with per_example_noise():
+            guide_trace = pyro.poutine.trace(guide).get_trace(x)
+            model_trace = pyro.poutine.trace(pyro.poutine.replay(zm.model, trace=guide_trace)).get_trace(x)
+        scored = model_trace.nodes["x"]["value"]
+        assert torch.equal(seen[-1], scored)  # the encoder read the pixels the likelihood scored
+        assert bool(((scored == 0) | (scored == 1)).all())
+        steps.append(scored)
+    assert not torch.equal(steps[0], steps[1])  # a new draw every step
+
+
+def test_dynamic_binarization_learns_the_grey_levels():
+    """Pixels of fixed intensity carry no code: the decoder's Bernoulli probabilities must reach the
+    intensities themselves."""
+    levels = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9, 0.2])
+    x = levels.expand(200, -1).clone()
+    zm = zoo.load("vae", data=(x,), latent_dim=1, hidden=[4], dynamic_binarization=True)
+    post = zoo.fit(zm, x, num_epochs=60, batch_size=50, lr=2e-2, seed=0, progress=False)
+    decoded = torch.sigmoid(post.net.decoder.net(torch.zeros(1, 1))).detach().reshape(-1)
+    assert torch.allclose(decoded, levels, atol=0.05), decoded
+    binary = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
+    assert math.isfinite(post.evaluate(binary, iwae_samples=10)["log_likelihood"])
+    with pytest.raises(zoo.ZooError, match="scores binary pixels only"):
+        post.evaluate(x, iwae_samples=10)
+    with pytest.raises(zoo.ZooError, match="dynamic_binarization=True"):
+        zoo.fit(zoo.load("vae", data=(x,), latent_dim=1), x, num_epochs=1, progress=False)
+    with pytest.raises(zoo.ZooError, match="not 'gaussian'"):
+        zoo.load("vae", data=(x,), likelihood="gaussian", dynamic_binarization=True)
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "continuous-bernoulli", "gaussian"])
 def test_every_likelihood_learns(likelihood, binary):
     x = binary if likelihood == "bernoulli" else binary * 0.6 + 0.2

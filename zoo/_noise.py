@@ -15,12 +15,13 @@ in the same step, so a recurrent net sees one weight sample per sequence, tied a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
-_ACTIVE: list[dict[int, WeightNoise]] = []
+_ACTIVE: list[dict] = []  # per step: id(weight) -> WeightNoise, and drawn_once's draws
 
 
 @dataclass
@@ -55,6 +56,17 @@ def per_example_noise():
 def fitting() -> bool:
     """True while SVI estimates the ELBO for a training step (also when a guide may corrupt its input)."""
     return bool(_ACTIVE)
+
+
+def drawn_once(key: str, draw: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """While fitting: ``draw()`` on the step's first call with ``key``, the same tensor on every later call of
+    the step (so that a guide and its model see one draw); otherwise a fresh ``draw()``."""
+    if not _ACTIVE:
+        return draw()
+    step = _ACTIVE[-1]
+    if key not in step:
+        step[key] = draw()
+    return step[key]
 
 
 def register(value: torch.Tensor, kind: str, loc: torch.Tensor, scale=None, keep: float = 1.0) -> None:

@@ -60,7 +60,7 @@ class GenerativePosterior(Posterior):
         when ``scored`` by the likelihood also its support (an encoder may read any input, e.g. noisy ones)."""
         args, _ = self.model.arguments(data, self.net.decoder.net[0].weight.device)
         if scored:
-            self.model.validate(args)
+            self.model.validate(args, scored=True)
         else:
             self.net.check_inputs(self.model.name, args)
         return self.net.flat(args[0])

@@ -5,7 +5,8 @@ One class serves the whole family: the VAE (Gaussian codes, optionally pushed th
 autoregressive flows), the sparse AE (a Laplace prior, so -log p(z) is an L1 penalty; a Delta code
 makes the loss exactly the classic L1-regularised autoencoder), the denoising AE (while fitting,
 the encoder reads a corrupted input and the decoder must reproduce the clean one) and the contractive
-AE (while fitting, the encoder's Jacobian is penalised).
+AE (while fitting, the encoder's Jacobian is penalised). With dynamic binarisation (Burda et al. 2016) a
+Bernoulli model fits grey levels: each step scores a fresh 0/1 draw of every pixel from its intensity.
 """
 
 from __future__ import annotations
@@ -141,8 +142,9 @@ class AutoEncoder(nn.Module):
 
     def __init__(self, input_shape, latent_dim, hidden, activation, likelihood, sigma, prior, prior_scale,
                  num_flows=0, flow_hidden=100, corruption: Callable | None = None, decoder_hidden=None,
-                 contraction: float = 0.0):
+                 contraction: float = 0.0, dynamic_binarization: bool = False):
         super().__init__()
+        self.dynamic_binarization = dynamic_binarization
         self.contraction = contraction
         self.input_shape = tuple(input_shape)
         features = math.prod(self.input_shape)
@@ -160,6 +162,13 @@ class AutoEncoder(nn.Module):
     def flat(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], -1)
 
+    def observed(self, points: torch.Tensor) -> torch.Tensor:
+        """The pixels the likelihood scores: with dynamic binarisation, while fitting, one Bernoulli draw from
+        the grey levels per step, the same in the guide and the model."""
+        if self.dynamic_binarization and noise.fitting():
+            return noise.drawn_once("binarized", lambda: torch.bernoulli(points))
+        return points
+
     def model(self, x: torch.Tensor) -> torch.Tensor:
         pyro.module("decoder", self.decoder)
         flat = self.flat(x)
@@ -169,7 +178,7 @@ class AutoEncoder(nn.Module):
                 # a training penalty on the encoder, like the corruption: never part of log p(x)
                 pyro.module("encoder", self.encoder)
                 pyro.factor("contraction", -self.contraction * self.encoder.contraction(flat[idx]))
-            return pyro.sample("x", self.decoder(z), obs=flat[idx])
+            return pyro.sample("x", self.decoder(z), obs=self.observed(flat[idx]))
 
     def guide_for(self, code: str) -> Callable:
         """The amortised guide with codes of family ``code`` (normal, laplace, delta or iaf)."""
@@ -178,7 +187,7 @@ class AutoEncoder(nn.Module):
             pyro.module("encoder", self.encoder)
             flat = self.flat(x)
             with pyro.plate("data", x.shape[0]) as idx:
-                seen = flat[idx]
+                seen = self.observed(flat[idx])
                 if self.corruption is not None and noise.fitting():
                     seen = self.corruption(seen)
                 return pyro.sample("z", self.encoder.q(seen, code))
@@ -225,24 +234,32 @@ class AutoencoderModel(ZooModel):
     def arguments(self, data, device=None):
         return as_args(data, device=device, inputs_only=True)
 
-    def validate(self, args):
+    def validate(self, args, scored: bool = False):
+        """``args`` checked for a fit, or with ``scored`` for the likelihood to score as they are (binary pixels
+        for a model fitted to grey levels by dynamic binarisation)."""
         name, likelihood = self.label, self.network.decoder.likelihood
         x = check_inputs(name, args, self.network.input_shape)
         if likelihood == "gaussian" or not x.numel():
             return
+        if scored and self.network.dynamic_binarization and not bool(((x == 0) | (x == 1)).all()):
+            raise ZooError(f"{name}: a model fitted with dynamic_binarization=True scores binary pixels only (0 "
+                           "or 1); evaluate it on binarised data (zoo.datasets.load('mnist', binarize=True))")
         if x.min() < 0 or x.max() > 1:
             raise ZooError(f"{name}: the {likelihood} likelihood needs pixel values in [0, 1], got range "
                            f"[{float(x.min()):.3g}, {float(x.max()):.3g}]; divide 8-bit images by 255")
-        if likelihood == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
+        if likelihood == "bernoulli" and not self.network.dynamic_binarization \
+                and not bool(((x == 0) | (x == 1)).all()):
             raise ZooError(f"{name}: the bernoulli likelihood needs binary pixels (0 or 1), got grey levels; "
-                           "load binarised data (zoo.datasets.load('mnist', binarize=True)) or build the "
-                           "model with likelihood='continuous-bernoulli' or 'gaussian'")
+                           "load binarised data (zoo.datasets.load('mnist', binarize=True)), build the model "
+                           "with dynamic_binarization=True to draw them afresh at every step, or with "
+                           "likelihood='continuous-bernoulli' or 'gaussian'")
 
 
 def build_autoencoder(name: str, data, *, input_shape, latent_dim: int, hidden, activation: str,
                       likelihood: str, sigma, prior: str, prior_scale: float, codes: tuple[str, ...],
                       num_flows: int = 0, flow_hidden: int = 100, corruption: Callable | None = None,
-                      decoder_hidden=None, contraction: float = 0.0, config: dict) -> ZooModel:
+                      decoder_hidden=None, contraction: float = 0.0, dynamic_binarization: bool = False,
+                      config: dict) -> ZooModel:
     """A checked :class:`AutoEncoder` wrapped as a :class:`ZooModel` with one guide per code family."""
     if data is not None:
         input_shape = tuple(training_arrays(data)[0].shape[1:])
@@ -260,12 +277,14 @@ def build_autoencoder(name: str, data, *, input_shape, latent_dim: int, hidden, 
         (sigma is None or sigma > 0, f"sigma must be positive or None (learnt), got {sigma}"),
         (num_flows >= 0, f"num_flows must be >= 0, got {num_flows}"),
         (contraction >= 0, f"lam (the contractive penalty's weight) must be >= 0, got {contraction}"),
+        (not dynamic_binarization or likelihood == "bernoulli",
+         f"dynamic_binarization draws binary pixels for the bernoulli likelihood, not {likelihood!r}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ZooError(f"{name}: {message}")
     ae = AutoEncoder(input_shape, latent_dim, hidden, activation, likelihood, sigma, prior, prior_scale,
-                     num_flows, flow_hidden, corruption, decoder_hidden, contraction)
+                     num_flows, flow_hidden, corruption, decoder_hidden, contraction, dynamic_binarization)
     guides = {code: (lambda zm, code=code: ae.guide_for(code)) for code in codes}
     return AutoencoderModel(name, ae, guides=guides, config={**config, "input_shape": list(input_shape)},
                             defaults=Defaults(fit={"svi": dict(AE_SVI_DEFAULTS)}))
