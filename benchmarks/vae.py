@@ -66,9 +66,9 @@ def summarise():
              "Test NLL in nats (lower is better): -log p(x) estimated by the IWAE bound with k importance "
              "samples, and the negative ELBO, per test image, on one fixed binarisation of the test digits "
              "(a Bernoulli draw per pixel, seed 0). Training binarisation fixed (the same draw every epoch) or "
-             "dynamic (a fresh draw at every step). Published: Burda et al. 2016, Table 1, one stochastic layer 784-200-200-50, "
-             "3,280 epochs, dynamic binarisation, NLL by k = 5,000. fit_s and eval_s are wall seconds on a "
-             "2-core CPU shared with other jobs.", "",
+             "dynamic (a fresh draw at every step). Published: Burda et al. 2016, Table 1, one stochastic layer "
+             "784-200-200-50, 3,280 epochs, dynamic binarisation, NLL by k = 5,000. fit_s and eval_s are wall "
+             "seconds on a 2-core CPU shared with other jobs.", "",
              "| model | guide | binarisation | epochs | test images | k | test NLL (IWAE) | test -ELBO | fit_s | "
              "eval_s |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -64,6 +64,12 @@ class Laplace:
     prior_rounds : int
         With ``tune_prior``, rounds of (MAP under the current prior scale, then re-tune the scale);
         1 is post-hoc tuning, more move the MAP to the evidence-preferred prior.
+    noise_precision : str, optional
+        The latent site that is a Gaussian likelihood's precision beta, shared by every observation (bnn's
+        ``"precision"``): from the second round on, the MAP takes it where the evidence peaks instead of where
+        the joint does, by adding the evidence's ``-gamma/2 log beta`` (gamma: the number of well-determined
+        parameters, of the last round's curvature): MacKay's (1992) ``beta = (N - gamma) / RSS``. The joint's
+        own mode puts the noise at a network's training residuals, which overfit them.
     optimizer : {"auto", "lbfgs", "adam"}
         How the MAP is found: L-BFGS (strong Wolfe line search, full batch; stops when the loss stops
         changing; then Newton steps on the exact Hessian while they lower the loss), or Adam with an
@@ -106,6 +112,7 @@ class Laplace:
     tune_prior: bool | str = True
     prior_per_site: bool = False
     prior_rounds: int = 1
+    noise_precision: str | None = None
     patience: int | None = None
     refit: bool = False
     num_steps: int = 3000
@@ -125,6 +132,7 @@ class Laplace:
         joint = LaplaceTerms(problem, self.batch_size)
         if self.predictive == "glm":  # refused now, not after the fit
             output_site(joint.trace(joint.initial))
+        self._check_noise_precision(joint.latents)
         names = self._subset_sites(problem, joint.latents.names)
         sub = joint.latents.coordinates(names, joint.initial.device)
         check_memory(self.hessian, {n: joint.latents.free_shapes[n] for n in names}, self.rank, self._memory_limit())
@@ -243,20 +251,39 @@ class Laplace:
     def _rounds(self, joint, sub, names, curvature, search, validation, losses, status):
         """Rounds of (the MAP under the current prior, the curvature there, the evidence's prior): the mode, the
         prior factors over ``sub``, the precision and the evidence of the last."""
-        theta, alpha = joint.initial, 1.0
+        theta, alpha, evidence_term = joint.initial, 1.0, None
         if self.at is not None:
             theta = self._point_of(self.at, joint)
-        for _ in range(self.prior_rounds if self.tune_prior and self.at is None else 1):
+        rounds = self.prior_rounds if self.tune_prior and self.at is None else 1
+        for r in range(rounds):
             if self.at is None:
-                theta = search.run(joint, theta, alpha, joint.problem.progress, losses, status, validation)
+                theta = search.run(joint, theta, alpha, joint.problem.progress, losses, status, validation,
+                                   evidence_term, final=r == rounds - 1)
             precision = build_precision(joint, theta, sub, self.hessian, curvature, self.fisher_samples, self.rank)
             evidence = Evidence(joint, theta, sub, precision)
             alpha_sub = self._by_evidence(evidence, joint, names, sub, precision)
             alpha = torch.ones(joint.latents.dim, dtype=torch.float64, device=theta.device)
             alpha[sub] = alpha_sub
+            if self.noise_precision is not None:
+                evidence_term = self._noise_term(joint, evidence.well_determined(alpha_sub))
             if not status.complete:
                 break
         return theta, alpha_sub, precision, evidence
+
+    def _check_noise_precision(self, latents):
+        site = self.noise_precision
+        if site is None:
+            return
+        if site not in latents.names or latents.shapes[site] not in ((), (1,)):
+            raise ZooError(f"laplace: noise_precision={site!r} must name the latent site that is the Gaussian "
+                           f"likelihood's one precision, a single positive number; the model's latents: "
+                           f"{latents.names}. Leave it out for a model without one")
+
+    def _noise_term(self, joint, gamma: float):
+        """``theta -> -gamma/2 log beta``, beta the noise precision at ``theta``."""
+        start, end = joint.latents.spans[self.noise_precision]
+        transform = joint.latents.transforms[self.noise_precision]
+        return lambda theta: -0.5 * gamma * transform(theta[..., start:end]).log().sum(-1)
 
     def _by_evidence(self, evidence, joint, names, sub, precision) -> torch.Tensor:
         """The prior-precision factors (per coordinate of ``sub``) the evidence prefers (ones: not tuned)."""

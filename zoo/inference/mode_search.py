@@ -33,18 +33,22 @@ class ModeSearch:
     stop_after: list[int] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
 
-    def run(self, joint: LaplaceTerms, theta, alpha, progress: bool, losses: list, status, validation=None):
-        """The mode from ``theta``: losses appended to ``losses``, the run's status merged into ``status``."""
+    def run(self, joint: LaplaceTerms, theta, alpha, progress: bool, losses: list, status, validation=None,
+            extra_term=None, final: bool = True):
+        """The mode from ``theta`` of the log joint plus ``extra_term(theta)`` if given: losses appended to
+        ``losses``, the run's status merged into ``status``. Only a ``final`` run warns when it has not
+        converged (an earlier round's MAP is a warm start for a target that moves)."""
         optimizer = self._optimizer(joint)
         kept = len(losses)
         stop = lambda: EarlyStop(validation, joint.latents, self.patience) if self.patience else None  # noqa: E731
         early, stop_after = stop(), self.stop_after.pop(0) if self.stop_after else None
-        found, round_status = self._map(joint, theta, alpha, progress, losses, optimizer, early, stop_after)
+        target = _Target(joint, alpha, extra_term)
+        found, round_status = self._map(target, theta, progress, losses, optimizer, early, stop_after, final)
         if round_status.stopped and self.optimizer == "auto" and optimizer == "lbfgs":
             # a line search that strays where the model is undefined: Adam's small steps do not
             del losses[kept:]
             early = stop()
-            found, round_status = self._map(joint, theta, alpha, progress, losses, "adam", early, stop_after)
+            found, round_status = self._map(target, theta, progress, losses, "adam", early, stop_after, final)
         if early is not None:
             self.lengths.append(early.best_check * LBFGS_CHUNK)
         status.merge(round_status)
@@ -58,11 +62,12 @@ class ModeSearch:
         small = joint.latents.dim <= LBFGS_MAX_DIM and joint.batch_size is None
         return "lbfgs" if small else "adam"
 
-    def _map(self, joint: LaplaceTerms, start, alpha: float, progress: bool, losses: list, optimizer: str,
-             early: EarlyStop | None = None, stop_after: int | None = None):
-        """The MAP of the log joint from ``start`` (L-BFGS or Adam); the last finite point and the status. With
+    def _map(self, target: _Target, start, progress: bool, losses: list, optimizer: str,
+             early: EarlyStop | None = None, stop_after: int | None = None, final: bool = True):
+        """The mode of ``target`` from ``start`` (L-BFGS or Adam); the last finite point and the status. With
         ``early``, the point of best held-out log-likelihood, checked every chunk of 50 iterations; with
         ``stop_after``, the point after that many iterations."""
+        joint = target.joint
         theta = start.clone().requires_grad_(True)
         lbfgs = optimizer == "lbfgs"
         if lbfgs:
@@ -75,7 +80,7 @@ class ModeSearch:
         def objective(t):
             optim.zero_grad()
             try:
-                loss = -joint.log_joint(theta, alpha, joint.minibatch(t)) / joint.num_points
+                loss = -target(theta, joint.minibatch(t)) / joint.num_points
             except ValueError as err:  # a distribution built from non-finite parameters
                 if "invalid values" not in str(err):
                     raise
@@ -120,16 +125,29 @@ class ModeSearch:
         if early is not None and early.point is not None:
             kept = early.point
         elif lbfgs and status.complete and stop_after is None:
-            kept = _newton_polish(lambda t: -joint.log_joint(t, alpha) / joint.num_points, kept)
+            kept = _newton_polish(lambda t: -target(t) / joint.num_points, kept)
         if lbfgs:  # a Converged signal ends the loop before its last step
             warning = None if not status.complete or status.steps_done < steps else (
                 f"laplace: L-BFGS had not converged after {self.num_steps} iterations; raise num_steps")
         else:
             warning = converged(losses[first:], "laplace: the MAP")
-        if warning and not stopped_early:
+        if warning and final and not stopped_early:
             status.warnings.append(warning + "; a Laplace fit around an unconverged MAP is poor")
         return kept, status
 
+
+@dataclass
+class _Target:
+    """What the search maximises: the log joint with its Normal priors' precisions scaled by ``alpha``, plus an
+    optional term of the whole fit (added once, whatever the minibatch)."""
+
+    joint: LaplaceTerms
+    alpha: object
+    extra_term: object = None
+
+    def __call__(self, theta, indices=None):
+        value = self.joint.log_joint(theta, self.alpha, indices)
+        return value if self.extra_term is None else value + self.extra_term(theta)
 
 
 def _newton_polish(loss_fn, theta, max_steps: int = 20):

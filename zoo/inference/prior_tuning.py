@@ -33,6 +33,11 @@ class Evidence:
         log_prior = 0.5 * ((alpha * self.d / (2 * math.pi)).log() - alpha * self.squares)[self.normal].sum()
         return self.fixed + float(log_prior) - 0.5 * logdet
 
+    def well_determined(self, alpha) -> float:
+        """MacKay's gamma: how many Normal-prior coordinates the data determine, ``sum(1 - alpha d Sigma_ii)``."""
+        shrunk = alpha * self.d * self.precision.variances(alpha)
+        return float((1 - shrunk)[self.normal].sum())
+
     def best(self, groups: list[torch.Tensor] | None) -> torch.Tensor:
         """One factor for all from a grid; then with ``groups`` (positions in the subset, one group per
         site) one factor per group by MacKay's updates ``alpha_k = gamma_k / |theta_k|^2_d``,
