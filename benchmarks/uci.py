@@ -36,7 +36,8 @@ METHODS = {
     "svi-mean-field": ("svi", {}, dict(guide="mean-field", num_steps=2000, lr=1e-2), 1000),
     "svi-mc-dropout": ("svi", {"dropout": 0.01}, dict(guide="mc-dropout", num_steps=2000, lr=1e-2), 1000),
     "laplace": ("laplace", {}, dict(hessian="diag", curvature="fisher", num_steps=1500, prior_rounds=3), 1000),
-    # the linearised predictive (issue 15): dense and diagonal Fisher
+    # the linearised predictive (issue 15): dense and diagonal Fisher; laplace-glm was bnn's default until the
+    # noise precision moved to the evidence (its laplace-default rows of that time are relabelled to it)
     "laplace-glm": ("laplace", {}, dict(hessian="full", curvature="fisher", num_steps=1500, prior_rounds=3,
                                         predictive="glm"), 1000),
     "laplace-glm-diag": ("laplace", {}, dict(hessian="diag", curvature="fisher", num_steps=1500, prior_rounds=3,
