@@ -212,39 +212,42 @@ def test_the_per_site_prior_is_the_exact_evidence_optimum_of_a_linear_gaussian_m
     assert post.info["log_marginal_likelihood"] > single.info["log_marginal_likelihood"] + 1
 
 
-def test_the_noise_precision_is_the_exact_evidence_optimum_of_a_linear_gaussian_model():
-    """MacKay's beta = (N - gamma) / RSS, as ``noise_precision`` moves the MAP, is where the exact evidence of a
-    linear-Gaussian model (with beta's Gamma prior) peaks; the joint's own mode is far from it with 15 weights
-    fitted to 30 points."""
+@pytest.mark.parametrize("site, power, prior", [("precision", -0.5, dist.Gamma(1.0, 0.01)),
+                                                ("sigma", 1.0, dist.HalfNormal(2.0)),
+                                                ("variance", 0.5, dist.Gamma(2.0, 2.0))])
+def test_the_noise_is_the_exact_evidence_optimum_of_a_linear_gaussian_model(site, power, prior):
+    """MacKay's beta = (N - gamma) / RSS, as ``noise`` moves the MAP, is where the exact evidence of a
+    linear-Gaussian model (with the noise site's prior) peaks, whether the site is the likelihood's precision, its
+    standard deviation or its variance; the joint's own mode is far from it with 15 weights fitted to 30 points."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(30, 15, generator=g)
     y = x @ torch.randn(15, generator=g) + 0.5 * torch.randn(30, generator=g)
 
     def linear(x, y=None):
         w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([15]).to_event(1))
-        precision = pyro.sample("precision", dist.Gamma(1.0, 0.01))
+        noise = pyro.sample(site, prior)
         with pyro.plate("data", x.shape[0]):
-            return pyro.sample("y", dist.Normal(x @ w, precision.rsqrt()), obs=y)
+            return pyro.sample("y", dist.Normal(x @ w, noise**power), obs=y)
 
     def beta_of(post):
-        return float(post.params["laplace.loc"][-1].exp())
+        return float(post.params["laplace.loc"][-1].exp() ** (-2 * power))
 
     options = dict(curvature="ggn", prior_per_site=True, prior_rounds=12, num_samples=10, seed=0)
-    post = zoo.fit(linear, (x, y), "laplace", noise_precision="precision", **options)
+    post = zoo.fit(linear, (x, y), "laplace", noise=site, **options)
 
-    def neg_log_target(log_hyper):  # the exact evidence, the Gamma(1, 0.01) prior of beta and log beta's Jacobian
-        alpha, beta = log_hyper.exp()
-        cov = x.double() @ x.double().T / alpha + torch.eye(30, dtype=torch.float64) / beta
+    def neg_log_target(log_hyper):  # the exact evidence, the noise site's prior and its log's Jacobian
+        alpha, value = log_hyper.exp()
+        cov = x.double() @ x.double().T / alpha + torch.eye(30, dtype=torch.float64) * value ** (2 * power)
         evidence = dist.MultivariateNormal(torch.zeros(30, dtype=torch.float64), cov).log_prob(y.double())
-        return -(evidence + dist.Gamma(1.0, 0.01).log_prob(beta) + log_hyper[1])
+        return -(evidence + prior.log_prob(value) + log_hyper[1])
 
     log_hyper = torch.zeros(2, dtype=torch.float64, requires_grad=True)
     optim = torch.optim.LBFGS([log_hyper], max_iter=200, line_search_fn="strong_wolfe")
     optim.step(lambda: (optim.zero_grad(), (loss := neg_log_target(log_hyper)).backward(), loss)[-1])
-    alpha, beta = log_hyper.detach().exp().tolist()
-    assert beta_of(post) == pytest.approx(beta, rel=0.005)
+    alpha, value = log_hyper.detach().exp().tolist()
+    assert beta_of(post) == pytest.approx(value ** (-2 * power), rel=0.005)
     assert post.info["prior_precision_scale"] == pytest.approx(alpha, rel=0.005)
     joint_mode = zoo.fit(linear, (x, y), "laplace", **options)
-    assert beta_of(joint_mode) > 1.3 * beta  # the test means something: the joint's mode overrates the precision
-    with pytest.raises(zoo.ZooError, match="noise_precision='w' must name"):
-        zoo.fit(linear, (x, y), "laplace", noise_precision="w", **options)
+    assert beta_of(joint_mode) > 1.3 * value ** (-2 * power)  # the test means something: the joint's mode overrates it
+    with pytest.raises(zoo.ZooError, match="noise='w' must name"):
+        zoo.fit(linear, (x, y), "laplace", noise="w", **options)

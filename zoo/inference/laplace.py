@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
+import pyro.distributions as dist
 import torch
 
 from .._errors import ZooError
@@ -64,10 +65,11 @@ class Laplace:
     prior_rounds : int
         With ``tune_prior``, rounds of (MAP under the current prior scale, then re-tune the scale);
         1 is post-hoc tuning, more move the MAP to the evidence-preferred prior.
-    noise_precision : str, optional
-        The latent site that is a Gaussian likelihood's precision beta, shared by every observation (bnn's
-        ``"precision"``): from the second round on, the MAP takes it where the evidence peaks instead of where
-        the joint does, by adding the evidence's ``-gamma/2 log beta`` (gamma: the number of well-determined
+    noise : str, optional
+        The latent site that sets a Gaussian likelihood's noise, one number shared by every observation: its
+        precision beta (bnn's ``"precision"``), standard deviation or variance, told apart by how the likelihood
+        uses it. From the second round on, the MAP takes the noise where the evidence peaks instead of where the
+        joint does, by adding the evidence's ``-gamma/2 log beta`` (gamma: the number of well-determined
         parameters, of the last round's curvature): MacKay's (1992) ``beta = (N - gamma) / RSS``. The joint's
         own mode puts the noise at a network's training residuals, which overfit them.
     optimizer : {"auto", "lbfgs", "adam"}
@@ -112,7 +114,7 @@ class Laplace:
     tune_prior: bool | str = True
     prior_per_site: bool = False
     prior_rounds: int = 1
-    noise_precision: str | None = None
+    noise: str | None = None
     patience: int | None = None
     refit: bool = False
     num_steps: int = 3000
@@ -132,7 +134,7 @@ class Laplace:
         joint = LaplaceTerms(problem, self.batch_size)
         if self.predictive == "glm":  # refused now, not after the fit
             output_site(joint.trace(joint.initial))
-        self._check_noise_precision(joint.latents)
+        noise_power = self._noise_power(joint)
         names = self._subset_sites(problem, joint.latents.names)
         sub = joint.latents.coordinates(names, joint.initial.device)
         check_memory(self.hessian, {n: joint.latents.free_shapes[n] for n in names}, self.rank, self._memory_limit())
@@ -143,8 +145,8 @@ class Laplace:
             if problem.validation is not None else None
         losses, status, info = [], Status(), {}
         search = ModeSearch(self.optimizer, self.num_steps, self.lr, self.lr_decay, self.patience)
-        theta, alpha_sub, precision, evidence = self._rounds(joint, sub, names, curvature, search, validation,
-                                                             losses, status)
+        theta, alpha_sub, precision, evidence = self._rounds(joint, sub, names, curvature, search, noise_power,
+                                                             validation, losses, status)
         factor = 1.0
         if self.tune_prior == "validation":
             draws = min(VALIDATION_DRAWS, problem.num_samples)
@@ -154,8 +156,8 @@ class Laplace:
             joint = LaplaceTerms(dataclasses.replace(problem, args=joined(problem.args, problem.validation),
                                                      validation=None, _flat=None), self.batch_size)
             search = ModeSearch(self.optimizer, self.num_steps, self.lr, self.lr_decay, stop_after=search.lengths)
-            theta, alpha_sub, precision, evidence = self._rounds(joint, sub, names, curvature, search, None,
-                                                                 losses, status)
+            theta, alpha_sub, precision, evidence = self._rounds(joint, sub, names, curvature, search, noise_power,
+                                                                 None, losses, status)
         alpha_sub = alpha_sub * factor
         alpha = torch.ones(joint.latents.dim, dtype=torch.float64, device=theta.device)
         alpha[sub] = alpha_sub
@@ -248,7 +250,7 @@ class Laplace:
             return self.memory_limit_gb
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4 / 2**30
 
-    def _rounds(self, joint, sub, names, curvature, search, validation, losses, status):
+    def _rounds(self, joint, sub, names, curvature, search, noise_power, validation, losses, status):
         """Rounds of (the MAP under the current prior, the curvature there, the evidence's prior): the mode, the
         prior factors over ``sub``, the precision and the evidence of the last."""
         theta, alpha, evidence_term = joint.initial, 1.0, None
@@ -264,26 +266,38 @@ class Laplace:
             alpha_sub = self._by_evidence(evidence, joint, names, sub, precision)
             alpha = torch.ones(joint.latents.dim, dtype=torch.float64, device=theta.device)
             alpha[sub] = alpha_sub
-            if self.noise_precision is not None:
-                evidence_term = self._noise_term(joint, evidence.well_determined(alpha_sub))
+            if noise_power is not None:
+                evidence_term = self._noise_term(joint, evidence.well_determined(alpha_sub), noise_power)
             if not status.complete:
                 break
         return theta, alpha_sub, precision, evidence
 
-    def _check_noise_precision(self, latents):
-        site = self.noise_precision
+    def _noise_power(self, joint) -> float | None:
+        """How a Normal likelihood's scale follows the ``noise`` site, ``scale = value ** power``: -1/2 for a
+        precision, 1/2 for a variance, 1 for a standard deviation (read off the model with the site at 2)."""
+        site, latents = self.noise, joint.latents
         if site is None:
-            return
-        if site not in latents.names or latents.shapes[site] not in ((), (1,)):
-            raise ZooError(f"laplace: noise_precision={site!r} must name the latent site that is the Gaussian "
-                           f"likelihood's one precision, a single positive number; the model's latents: "
-                           f"{latents.names}. Leave it out for a model without one")
+            return None
+        if site in latents.names and latents.shapes[site] in ((), (1,)):
+            values = latents.constrain(joint.initial)
+            values[site] = torch.full_like(values[site], 2.0)
+            trace = joint.trace_at(values)
+            for name in joint.sites.observed:
+                fn = trace.nodes[name]["fn"]
+                while isinstance(fn, dist.Independent):
+                    fn = fn.base_dist
+                for power in (-0.5, 0.5, 1.0):
+                    if type(fn) is dist.Normal and torch.allclose(fn.scale, torch.tensor(2.0**power), rtol=1e-5):
+                        return power
+        raise ZooError(f"laplace: noise={site!r} must name a latent site, one number, that is the precision, "
+                       f"standard deviation or variance of a Normal likelihood; the model's latents: "
+                       f"{latents.names}. Leave it out for a model without one")
 
-    def _noise_term(self, joint, gamma: float):
-        """``theta -> -gamma/2 log beta``, beta the noise precision at ``theta``."""
-        start, end = joint.latents.spans[self.noise_precision]
-        transform = joint.latents.transforms[self.noise_precision]
-        return lambda theta: -0.5 * gamma * transform(theta[..., start:end]).log().sum(-1)
+    def _noise_term(self, joint, gamma: float, power: float):
+        """``theta -> -gamma/2 log beta``, beta = value ** (-2 power) the noise precision at ``theta``."""
+        start, end = joint.latents.spans[self.noise]
+        transform = joint.latents.transforms[self.noise]
+        return lambda theta: gamma * power * transform(theta[..., start:end]).log().sum(-1)
 
     def _by_evidence(self, evidence, joint, names, sub, precision) -> torch.Tensor:
         """The prior-precision factors (per coordinate of ``sub``) the evidence prefers (ones: not tuned)."""

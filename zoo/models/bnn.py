@@ -145,7 +145,7 @@ def _build(task, data, in_features, out_features, hidden, activation, prior_scal
     extra = net.likelihood.noise_sites if net.likelihood else {}
     laplace = LAPLACE
     if task == "regression" and law.kind != "student-t":  # (the GGN knows no Student-t)
-        laplace = {**LAPLACE_GAUSSIAN, **({"noise_precision": "precision"} if "precision" in extra else {})}
+        laplace = {**LAPLACE_GAUSSIAN, **({"noise": "precision"} if "precision" in extra else {})}
     if num_weights > FULL_LAPLACE_MAX:
         laplace = {**laplace, "subset": "last-layer"}
 
