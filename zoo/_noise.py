@@ -59,10 +59,8 @@ def fitting() -> bool:
 
 
 def drawn_once(key: str, draw: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """While fitting: ``draw()`` on the step's first call with ``key``, the same tensor on every later call of
-    the step (so that a guide and its model see one draw); otherwise a fresh ``draw()``."""
-    if not _ACTIVE:
-        return draw()
+    """While fitting (:func:`fitting`): ``draw()`` on the step's first call with ``key``, the same tensor on every
+    later call of the step, so that a guide and its model see one draw."""
     step = _ACTIVE[-1]
     if key not in step:
         step[key] = draw()

@@ -142,11 +142,11 @@ class ChainRun(ABC):
         """``density``: the sampler's option; "auto" compiles the move once the rest of the run is projected to
         take enough leapfrog steps to pay for it (checked at iterations 25, 50, 100...)."""
         self.chains, self.point, self.random, self.density = chains, chains.point, chains.random, chains.density
-        self.move, self.mode = self.bind_move(density == "compiled")
-        self.auto, self.compiled_from, self.checked = density == "auto", None, (0, 0)
         self.num_warmup, self.num_samples = num_warmup, num_samples
         self.dense_mass, self.pooled_mass = dense_mass, pooled_mass
         self.metric = identity_metric(self.point, dense_mass)
+        self.move, self.mode = self.bind_move(density == "compiled")
+        self.auto, self.compiled_from, self.checked = density == "auto", None, (0, 0)
         self.windows, self.window = warmup_windows(num_warmup), 0
         self.mass = MassEstimate(*self.point.z.shape, dense_mass, pooled_mass, self.point.z, self.pool)
         self.draws: list[torch.Tensor] = []

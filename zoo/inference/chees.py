@@ -22,7 +22,7 @@ import torch
 from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
-from .batched import ChainRun, Chains, check_chain_options, identity_metric, start_chains
+from .batched import ChainRun, Chains, check_chain_options, start_chains
 from .trajectory import MAX_ENERGY_ERROR, SLOTS, Point, leapfrog, velocity
 
 ADAM_BETA2 = 0.95
@@ -209,7 +209,7 @@ class _ChEESRun(ChainRun):
             return self.chains.bind(leapfrog)
         point = self.chains.point
         example = (Point(point.z, torch.ones_like(point.z), point.logp, point.grad),
-                   torch.full_like(point.logp, 1e-3), identity_metric(point, self.config.dense_mass).inverse_mass)
+                   torch.full_like(point.logp, 1e-3), self.metric.inverse_mass)
         return self.chains.bind(leapfrog, example)
 
     def postfix(self) -> dict:

@@ -281,7 +281,7 @@ class Laplace:
         if site in latents.names and latents.shapes[site] in ((), (1,)):
             values = latents.constrain(joint.initial)
             values[site] = torch.full_like(values[site], 2.0)
-            trace = joint.trace_at(values)
+            trace = joint.trace_at(values, joint.one_point)  # one point shows the scale
             for name in joint.sites.observed:
                 fn = trace.nodes[name]["fn"]
                 while isinstance(fn, dist.Independent):

@@ -9,7 +9,7 @@ from typing import ClassVar
 from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
-from .batched import ChainRun, Chains, check_chain_options, identity_metric, start_chains
+from .batched import ChainRun, Chains, check_chain_options, start_chains
 from .trajectory import SLOTS, example_leaves, first_tree, grow_leaves, nuts_transition
 
 
@@ -107,11 +107,11 @@ class _NUTSRun(ChainRun):
     def bind_move(self, compiled: bool):
         """A run of leaves of the trajectory for all chains; ``compiled``: the leapfrog steps, the tree's
         bookkeeping and the traced density as one graph, which serves every run of a tree (all one length)."""
-        chains, config = self.chains, self.config
+        chains = self.chains
         if not compiled:
             return chains.bind(grow_leaves)
-        inverse_mass = identity_metric(chains.point, config.dense_mass).inverse_mass
-        example = example_leaves(chains.point, inverse_mass, chains.random.keys, config.max_tree_depth)
+        example = example_leaves(chains.point, self.metric.inverse_mass, chains.random.keys,
+                                 self.config.max_tree_depth)
         # the new point is checked; the energy error, a difference of large numbers, differs by rounding
         return chains.bind(grow_leaves, example, lambda tree: tree.sub.last)
 

@@ -241,14 +241,14 @@ class AutoencoderModel(ZooModel):
         x = check_inputs(name, args, self.network.input_shape)
         if likelihood == "gaussian" or not x.numel():
             return
-        if scored and self.network.dynamic_binarization and not bool(((x == 0) | (x == 1)).all()):
+        binary, dynamic = bool(((x == 0) | (x == 1)).all()), self.network.dynamic_binarization
+        if scored and dynamic and not binary:
             raise ZooError(f"{name}: a model fitted with dynamic_binarization=True scores binary pixels only (0 "
                            "or 1); evaluate it on binarised data (zoo.datasets.load('mnist', binarize=True))")
         if x.min() < 0 or x.max() > 1:
             raise ZooError(f"{name}: the {likelihood} likelihood needs pixel values in [0, 1], got range "
                            f"[{float(x.min()):.3g}, {float(x.max()):.3g}]; divide 8-bit images by 255")
-        if likelihood == "bernoulli" and not self.network.dynamic_binarization \
-                and not bool(((x == 0) | (x == 1)).all()):
+        if likelihood == "bernoulli" and not dynamic and not binary:
             raise ZooError(f"{name}: the bernoulli likelihood needs binary pixels (0 or 1), got grey levels; "
                            "load binarised data (zoo.datasets.load('mnist', binarize=True)), build the model "
                            "with dynamic_binarization=True to draw them afresh at every step, or with "
