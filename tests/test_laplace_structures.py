@@ -2,11 +2,14 @@
 exact ones and against curvlinops, and the per-site prior and the noise precision against the exact evidence of
 linear-Gaussian models."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
+from pyro.distributions import constraints
 from pyro.infer.autoguide.initialization import init_to_sample
 
 import zoo
@@ -15,6 +18,7 @@ from zoo.inference.curvature import LaplaceTerms
 from zoo.inference.kfac import capture_layers
 from zoo.inference.precisions import Blocks, Dense, Diagonal, Kronecker, LowRank, nystrom
 from zoo.inference.sites import Sites
+from zoo.models.posteriordb import flat
 
 SIGMA = 0.5
 
@@ -251,3 +255,40 @@ def test_the_noise_is_the_exact_evidence_optimum_of_a_linear_gaussian_model(site
     assert beta_of(joint_mode) > 1.3 * value ** (-2 * power)  # the test means something: the joint's mode overrates it
     with pytest.raises(zoo.ZooError, match="noise='w' must name"):
         zoo.fit(linear, (x, y), "laplace", noise="w", **options)
+
+
+def test_flat_prior_coefficients_count_as_determined_by_the_data_in_the_noise():
+    """With flat priors on some coefficients (Stan's default) the evidence integrates them out, so the noise it
+    prefers leaves them a degree of freedom each (REML): gamma counts 1 per flat coordinate, not 0."""
+    g = torch.Generator().manual_seed(3)
+    x, z = torch.randn(30, 4, generator=g), torch.randn(30, 10, generator=g)
+    y = x @ torch.tensor([2.0, -1.0, 0.5, 1.0]) + z @ torch.randn(10, generator=g) + 0.5 * torch.randn(30, generator=g)
+    prior = dist.HalfNormal(2.0)
+
+    def partly_flat(x, z, y=None):
+        beta = pyro.sample("beta", flat(constraints.real, 4))
+        w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([10]).to_event(1))
+        sigma = pyro.sample("sigma", prior)
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("y", dist.Normal(x @ beta + z @ w, sigma), obs=y)
+
+    post = zoo.fit(partly_flat, (x, z, y), "laplace", noise="sigma", curvature="ggn", prior_per_site=True,
+                   prior_rounds=12, num_samples=10, seed=0)
+
+    def neg_log_target(log_hyper):  # beta integrated out under its flat prior: y's restricted likelihood
+        alpha, sigma = log_hyper.exp()
+        xd, zd, yd = x.double(), z.double(), y.double()
+        cov = zd @ zd.T / alpha + torch.eye(30, dtype=torch.float64) * sigma**2
+        inv = torch.linalg.inv(cov)
+        gram = xd.T @ inv @ xd
+        residual_form = yd @ inv @ yd - yd @ inv @ xd @ torch.linalg.solve(gram, xd.T @ inv @ yd)
+        log_evidence = -0.5 * (26 * math.log(2 * math.pi) + torch.logdet(cov) + torch.logdet(gram) + residual_form)
+        return -(log_evidence + prior.log_prob(sigma) + log_hyper[1])
+
+    log_hyper = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    optim = torch.optim.LBFGS([log_hyper], max_iter=200, line_search_fn="strong_wolfe")
+    optim.step(lambda: (optim.zero_grad(), (loss := neg_log_target(log_hyper)).backward(), loss)[-1])
+    alpha, sigma = log_hyper.detach().exp().tolist()
+    found = float(post.params["laplace.loc"][-1].exp())
+    assert found == pytest.approx(sigma, rel=0.005)
+    assert post.info["prior_precision_scale"] == pytest.approx(alpha, rel=0.01)

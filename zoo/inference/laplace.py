@@ -267,7 +267,9 @@ class Laplace:
             alpha = torch.ones(joint.latents.dim, dtype=torch.float64, device=theta.device)
             alpha[sub] = alpha_sub
             if noise_power is not None:
-                evidence_term = self._noise_term(joint, evidence.well_determined(alpha_sub), noise_power)
+                start, end = joint.latents.spans[self.noise]
+                weights = (sub < start) | (sub >= end)  # gamma counts what the noise is fitted beside
+                evidence_term = self._noise_term(joint, evidence.well_determined(alpha_sub, weights), noise_power)
             if not status.complete:
                 break
         return theta, alpha_sub, precision, evidence

@@ -33,10 +33,11 @@ class Evidence:
         log_prior = 0.5 * ((alpha * self.d / (2 * math.pi)).log() - alpha * self.squares)[self.normal].sum()
         return self.fixed + float(log_prior) - 0.5 * logdet
 
-    def well_determined(self, alpha) -> float:
-        """MacKay's gamma: how many Normal-prior coordinates the data determine, ``sum(1 - alpha d Sigma_ii)``."""
+    def well_determined(self, alpha, counted: torch.Tensor) -> float:
+        """MacKay's gamma: how many of the ``counted`` coordinates the data determine, ``sum(1 - alpha d Sigma_ii)``;
+        one each where the prior is not Normal (a flat prior leaves them all to the data)."""
         shrunk = alpha * self.d * self.precision.variances(alpha)
-        return float((1 - shrunk)[self.normal].sum())
+        return float((1 - shrunk)[counted].sum())
 
     def best(self, groups: list[torch.Tensor] | None) -> torch.Tensor:
         """One factor for all from a grid; then with ``groups`` (positions in the subset, one group per
