@@ -225,8 +225,6 @@ def _sampler_stats(post, d: Diagnosis) -> None:
 
 
 def _approximation(post, d: Diagnosis) -> None:
-    from .arviz import pareto_k
-
     d.notes.append("no R-hat: the draws are one set of independent draws from the approximation, not chains, "
                    "and their ESS says nothing about how good the approximation is; the k-hat does")
     log_ratio = post.sample_stats.get("log_ratio")
@@ -251,6 +249,8 @@ def _approximation(post, d: Diagnosis) -> None:
         d.pareto_k, d.psis_ess = -math.inf, float(finite.size)
         d.notes.append("log p - log q is constant: the approximation equals the posterior")
         return
+    from .arviz import pareto_k  # here, not above: importing ArviZ takes seconds that a fit without draws skips
+
     d.pareto_k, d.psis_ess = pareto_k(finite)
     if finite.size < 100:
         d.notes.append(f"k-hat from {finite.size} draws is noisy; draw 100 or more (num_samples)")
