@@ -153,7 +153,8 @@ def pareto_k(log_ratios: np.ndarray) -> tuple[float, float]:
     """PSIS of iid draws from an approximation q (Yao, Vehtari, Simpson & Gelman 2018): the Pareto
     k-hat of the ratios exp(log_ratios) = p / q, and the effective sample size of the smoothed weights.
     ``log_ratios`` must be finite."""
-    with warnings.catch_warnings():  # the caller reports k-hat > 0.7 in its own words
+    # the caller reports k-hat > 0.7 in its own words; a heavy tail overflows numpy inside the fit, to no harm
+    with warnings.catch_warnings(), np.errstate(over="ignore"):
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
         log_weights, k = az.psislw(np.asarray(log_ratios, dtype=np.float64).ravel(), reff=1.0)
     return float(k), float(1.0 / np.exp(2 * log_weights).sum())
