@@ -48,7 +48,8 @@ METHODS = {
     "laplace-per-layer": ("laplace", {}, dict(prior_per_site=True), 1000),
     "laplace-kron-per-layer": ("laplace", {}, dict(hessian="kron", prior_per_site=True), 1000),
     # bnn's laplace defaults with a fifth of the training points held out: the MAP stopped early where their
-    # log-likelihood peaked, then refitted on every point for that long (and the prior precision tuned on them)
+    # log-likelihood peaked, then refitted on every point for that long (and the prior precision tuned on them);
+    # laplace-early-stop's rows are of the defaults before the noise moved to the evidence
     "laplace-early-stop": ("laplace", {}, dict(validation=0.2, patience=3, refit=True), 1000),
     "laplace-early-stop-prior": ("laplace", {}, dict(validation=0.2, patience=3, refit=True,
                                                      tune_prior="validation"), 1000),
