@@ -180,6 +180,14 @@ def test_kfac_matches_curvlinops_on_a_two_layer_network():
         assert float((g_zoo - g_ref.double()).norm() / g_ref.norm()) < 0.05
 
 
+def _argmin(loss_of) -> torch.Tensor:
+    """The minimiser of ``loss_of`` over two log-hyperparameters, by L-BFGS from zero."""
+    x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    optim = torch.optim.LBFGS([x], max_iter=200, line_search_fn="strong_wolfe")
+    optim.step(lambda: (optim.zero_grad(), (loss := loss_of(x)).backward(), loss)[-1])
+    return x.detach()
+
+
 def test_the_per_site_prior_is_the_exact_evidence_optimum_of_a_linear_gaussian_model():
     g = torch.Generator().manual_seed(1)
     x1, x2 = torch.randn(80, 3, generator=g), torch.randn(80, 3, generator=g)
@@ -200,10 +208,7 @@ def test_the_per_site_prior_is_the_exact_evidence_optimum_of_a_linear_gaussian_m
         cov = x1.double() @ x1.double().T / a1 + x2.double() @ x2.double().T / a2 + 0.09 * torch.eye(80)
         return -dist.MultivariateNormal(torch.zeros(80, dtype=torch.float64), cov).log_prob(y.double())
 
-    log_alpha = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    optim = torch.optim.LBFGS([log_alpha], max_iter=200, line_search_fn="strong_wolfe")
-    optim.step(lambda: (optim.zero_grad(), (loss := neg_exact_log_evidence(log_alpha)).backward(), loss)[-1])
-    best = log_alpha.detach().exp()
+    best = _argmin(neg_exact_log_evidence).exp()
     found = torch.tensor([scales["big"], scales["small"]], dtype=torch.float64)
     assert scales["big"] == pytest.approx(float(best[0]), rel=0.01)
     assert scales["small"] > 100 * scales["big"]  # the test means something: the two groups differ
@@ -245,10 +250,7 @@ def test_the_noise_is_the_exact_evidence_optimum_of_a_linear_gaussian_model(site
         evidence = dist.MultivariateNormal(torch.zeros(30, dtype=torch.float64), cov).log_prob(y.double())
         return -(evidence + prior.log_prob(value) + log_hyper[1])
 
-    log_hyper = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    optim = torch.optim.LBFGS([log_hyper], max_iter=200, line_search_fn="strong_wolfe")
-    optim.step(lambda: (optim.zero_grad(), (loss := neg_log_target(log_hyper)).backward(), loss)[-1])
-    alpha, value = log_hyper.detach().exp().tolist()
+    alpha, value = _argmin(neg_log_target).exp().tolist()
     assert beta_of(post) == pytest.approx(value ** (-2 * power), rel=0.005)
     assert post.info["prior_precision_scale"] == pytest.approx(alpha, rel=0.005)
     joint_mode = zoo.fit(linear, (x, y), "laplace", **options)
@@ -285,10 +287,7 @@ def test_flat_prior_coefficients_count_as_determined_by_the_data_in_the_noise():
         log_evidence = -0.5 * (26 * math.log(2 * math.pi) + torch.logdet(cov) + torch.logdet(gram) + residual_form)
         return -(log_evidence + prior.log_prob(sigma) + log_hyper[1])
 
-    log_hyper = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    optim = torch.optim.LBFGS([log_hyper], max_iter=200, line_search_fn="strong_wolfe")
-    optim.step(lambda: (optim.zero_grad(), (loss := neg_log_target(log_hyper)).backward(), loss)[-1])
-    alpha, sigma = log_hyper.detach().exp().tolist()
+    alpha, sigma = _argmin(neg_log_target).exp().tolist()
     found = float(post.params["laplace.loc"][-1].exp())
     assert found == pytest.approx(sigma, rel=0.005)
     assert post.info["prior_precision_scale"] == pytest.approx(alpha, rel=0.01)

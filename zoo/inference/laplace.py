@@ -254,6 +254,9 @@ class Laplace:
         """Rounds of (the MAP under the current prior, the curvature there, the evidence's prior): the mode, the
         prior factors over ``sub``, the precision and the evidence of the last."""
         theta, alpha, evidence_term = joint.initial, 1.0, None
+        if noise_power is not None:  # gamma counts what the noise is fitted beside
+            start, end = joint.latents.spans[self.noise]
+            beside_noise = (sub < start) | (sub >= end)
         if self.at is not None:
             theta = self._point_of(self.at, joint)
         rounds = self.prior_rounds if self.tune_prior and self.at is None else 1
@@ -267,9 +270,8 @@ class Laplace:
             alpha = torch.ones(joint.latents.dim, dtype=torch.float64, device=theta.device)
             alpha[sub] = alpha_sub
             if noise_power is not None:
-                start, end = joint.latents.spans[self.noise]
-                weights = (sub < start) | (sub >= end)  # gamma counts what the noise is fitted beside
-                evidence_term = self._noise_term(joint, evidence.well_determined(alpha_sub, weights), noise_power)
+                gamma = evidence.well_determined(alpha_sub, beside_noise)
+                evidence_term = self._noise_term(joint, gamma, noise_power)
             if not status.complete:
                 break
         return theta, alpha_sub, precision, evidence
@@ -288,8 +290,10 @@ class Laplace:
                 fn = trace.nodes[name]["fn"]
                 while isinstance(fn, dist.Independent):
                     fn = fn.base_dist
+                if type(fn) is not dist.Normal:
+                    continue
                 for power in (-0.5, 0.5, 1.0):
-                    if type(fn) is dist.Normal and torch.allclose(fn.scale, torch.tensor(2.0**power), rtol=1e-5):
+                    if torch.allclose(fn.scale, torch.full_like(fn.scale, 2.0**power), rtol=1e-5):
                         return power
         raise ZooError(f"laplace: noise={site!r} must name a latent site, one number, that is the precision, "
                        f"standard deviation or variance of a Normal likelihood; the model's latents: "
