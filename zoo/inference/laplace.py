@@ -269,7 +269,7 @@ class Laplace:
             alpha_sub = self._by_evidence(evidence, joint, names, sub, precision)
             alpha = torch.ones(joint.latents.dim, dtype=torch.float64, device=theta.device)
             alpha[sub] = alpha_sub
-            if noise_power is not None:
+            if noise_power is not None and precision.logdet(alpha_sub) is not None:  # else refused after the rounds
                 gamma = evidence.well_determined(alpha_sub, beside_noise)
                 evidence_term = self._noise_term(joint, gamma, noise_power)
             if not status.complete:
