@@ -15,6 +15,8 @@ recursion), so it is in the slow set.
 import warnings
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 
 import zoo
@@ -93,3 +95,35 @@ def test_reference_data_and_names():
     assert [a.shape[0] for a in ref.args] == [434, 434]
     assert "kid_score ~ normal" in ref.stan_code
     assert len(pdb.names()) == 10 and all(f"pdb-{n}" in zoo.list_models() for n in pdb.names())
+
+
+
+def _tutorial_regression(x, y=None):
+    """kidiq's regression as Pyro's tutorial writes one: wide priors, sigma ~ Uniform(0, 100)."""
+    a = pyro.sample("a", dist.Normal(0.0, 100.0))
+    b = pyro.sample("b", dist.Normal(0.0, 100.0))
+    sigma = pyro.sample("sigma", dist.Uniform(0.0, 100.0))
+    with pyro.plate("data", len(x)):
+        return pyro.sample("obs", dist.Normal(a + b * x, sigma), obs=y)
+
+
+def test_laplace_defaults_find_the_mode_of_a_regression_written_as_in_pyros_tutorial():
+    # mom_iq is unscaled (about 100): L-BFGS's line search from the prior's median strays to sigma = 0, where
+    # the density is not finite; damped Newton steps take over
+    ref = pdb.load_reference("kidiq-kidscore_momiq")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", zoo.ZooWarning)
+        post = zoo.fit(_tutorial_regression, ref.args, "laplace", num_samples=4000, seed=0)
+    for site, stan in (("a", "beta[1]"), ("b", "beta[2]"), ("sigma", "sigma")):
+        mean, sd = ref.reference[stan]
+        draws = post.samples[site].double()
+        assert abs(float(draws.mean()) - mean) < 0.1 * sd, (site, float(draws.mean()), mean, sd)
+        assert abs(float(draws.std()) / sd - 1) < 0.1, (site, float(draws.std()), sd)
+
+
+def test_a_noise_round_at_a_curvature_that_is_not_positive_definite_ends_in_the_clear_refusal():
+    # L-BFGS alone (no Newton steps) stops at the start, where the Hessian is indefinite: the noise update of the
+    # second round has no log-determinant to use and keeps the last noise term (it raised a bare TypeError)
+    ref = pdb.load_reference("kidiq-kidscore_momiq")
+    with pytest.raises(zoo.ZooError, match="not positive definite"):
+        zoo.fit(_tutorial_regression, ref.args, "laplace", optimizer="lbfgs", noise="sigma", prior_rounds=2, seed=0)

@@ -76,7 +76,9 @@ class Laplace:
         How the MAP is found: L-BFGS (strong Wolfe line search, full batch; stops when the loss stops
         changing; then Newton steps on the exact Hessian while they lower the loss), or Adam with an
         exponential schedule (``lr``, ``lr_decay``; minibatches). ``auto``: L-BFGS for models of up to
-        1,000 latent coordinates without ``batch_size``, else Adam.
+        1,000 latent coordinates without ``batch_size``, else Adam; where L-BFGS's line search strays where the
+        density is not finite (wide priors on unscaled data), damped Newton steps from its last finite point,
+        and Adam from the start if those do not converge.
     patience : int, optional
         With held-out data (``zoo.fit(..., validation=)``): stop the MAP early, keeping the point with the best
         held-out log-likelihood, once ``patience`` checks in a row (one per 50 iterations) have not improved it.

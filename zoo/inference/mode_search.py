@@ -17,6 +17,8 @@ from .validation import EarlyStop
 OPTIMIZERS = ("auto", "lbfgs", "adam")
 LBFGS_MAX_DIM = 1000  # auto: L-BFGS on the full data for models up to this many latent coordinates
 LBFGS_CHUNK = 50  # L-BFGS iterations per step of the loop (num_steps counts iterations)
+NEWTON_POLISH = 20  # Newton steps after L-BFGS; a search L-BFGS cannot finish takes up to NEWTON_STEPS
+NEWTON_STEPS = 200
 
 
 @dataclass
@@ -45,10 +47,18 @@ class ModeSearch:
         target = _Target(joint, alpha, extra_term)
         found, round_status = self._map(target, theta, progress, losses, optimizer, early, stop_after, final)
         if round_status.stopped and self.optimizer == "auto" and optimizer == "lbfgs":
-            # a line search that strays where the model is undefined: Adam's small steps do not
+            # a line search that strays where the model is undefined: damped Newton steps from the last finite
+            # point do not (a small model, the full data), nor do Adam's small steps from the start
             del losses[kept:]
-            early = stop()
-            found, round_status = self._map(target, theta, progress, losses, "adam", early, stop_after, final)
+            converged = False
+            if early is None and stop_after is None:
+                point, newton_status, converged = _newton(lambda t: -target(t) / joint.num_points, found,
+                                                          NEWTON_STEPS, progress, losses)
+                found, round_status = point, newton_status
+            if not converged and round_status.interrupted is None:
+                del losses[kept:]
+                early = stop()
+                found, round_status = self._map(target, theta, progress, losses, "adam", early, stop_after, final)
         if early is not None:
             self.lengths.append(early.best_check * LBFGS_CHUNK)
         status.merge(round_status)
@@ -125,7 +135,7 @@ class ModeSearch:
         if early is not None and early.point is not None:
             kept = early.point
         elif lbfgs and status.complete and stop_after is None:
-            kept = _newton_polish(lambda t: -target(t) / joint.num_points, kept)
+            kept = _newton(lambda t: -target(t) / joint.num_points, kept, NEWTON_POLISH)[0]
         if lbfgs:  # a Converged signal ends the loop before its last step
             warning = None if not status.complete or status.steps_done < steps else (
                 f"laplace: L-BFGS had not converged after {self.num_steps} iterations; raise num_steps")
@@ -150,29 +160,50 @@ class _Target:
         return value if self.extra_term is None else value + self.extra_term(theta)
 
 
-def _newton_polish(loss_fn, theta, max_steps: int = 20):
-    """Newton steps from ``theta`` while they lower the loss: float32 L-BFGS can stall short of the mode of
-    an ill-conditioned posterior (an intercept beside unscaled predictors), where the exact Hessian of a
-    small model still points the way. Stops at a Hessian that is not positive definite."""
-    loss = float(loss_fn(theta))
-    for _ in range(max_steps):
-        t = theta.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss_fn(t), t)
-        if float(grad.abs().max()) < 1e-7:
-            break
-        chol, bad = torch.linalg.cholesky_ex(exact_curvature(loss_fn, theta, "full").double())
-        if bad:
-            break
-        step = torch.cholesky_solve(grad.double().unsqueeze(-1), chol).squeeze(-1).to(theta.dtype)
-        for scale in (1.0, 0.5, 0.25, 0.125):
-            trial = theta - scale * step
-            value = float(loss_fn(trial))
-            if value < loss:
-                break
-        else:
-            break
-        theta, loss = trial.detach(), value
-    return theta
+def _newton(loss_fn, theta, max_steps: int, progress: bool = False, losses: list | None = None):
+    """Newton steps on the exact Hessian from ``theta``, damped as Levenberg-Marquardt's (the Hessian plus a
+    multiple of its mean diagonal, raised until a step lowers the loss, lowered after each success): the way to
+    the mode of a small model that L-BFGS cannot find, an ill-conditioned posterior (an intercept beside
+    unscaled predictors, where float32 L-BFGS stalls) or one whose line search strays where the density is not
+    finite. The point, the status, and whether it converged (the Newton decrement below float resolution)."""
+    state = {"theta": theta.detach(), "loss": _finite(loss_fn, theta), "damping": 0.0, "converged": False}
+
+    def step(t):
+        theta, loss = state["theta"], state["loss"]
+        point = theta.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(point), point)
+        grad, hess = grad.double(), exact_curvature(loss_fn, theta, "full").double()
+        unit = torch.eye(len(grad), dtype=hess.dtype, device=hess.device)
+        unit *= hess.diagonal().abs().mean().clamp_min(1e-12)
+        damping = state["damping"]
+        while damping <= 1e8:
+            chol, bad = torch.linalg.cholesky_ex(hess + damping * unit)
+            if not bad:
+                direction = torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1)
+                if damping == 0.0 and float(grad @ direction) / 2 <= 1e-6 * max(abs(loss), 1.0):
+                    state["converged"] = True
+                    raise Converged
+                trial = theta - direction.to(theta.dtype)
+                value = _finite(loss_fn, trial)
+                if value < loss:
+                    state.update(theta=trial.detach(), loss=value, damping=damping / 10 if damping > 1e-6 else 0.0)
+                    return value
+            damping = max(1e-6, damping * 10)
+        raise Converged  # no damping lowers the loss: as far as float resolution goes
+
+    status = run_steps(max_steps, step, "laplace MAP (Newton)", progress, losses=losses)
+    return state["theta"], status, state["converged"]
+
+
+def _finite(loss_fn, theta) -> float:
+    """The loss at ``theta`` as a float, infinite where the model is not defined."""
+    try:
+        value = float(loss_fn(theta))
+    except ValueError as err:  # a distribution built from non-finite parameters
+        if "invalid values" not in str(err):
+            raise
+        return math.inf
+    return value if math.isfinite(value) else math.inf
 
 
 def _lbfgs(theta):
