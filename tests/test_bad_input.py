@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pyro
@@ -164,3 +165,24 @@ def test_laplace_refuses_minibatches_of_a_model_that_does_not_index_its_data():
     with pytest.raises(zoo.ZooError, match="batch_size needs a model whose observations"):
         zoo.fit(whole_data, (x, 2 * x), "laplace", batch_size=10)
     assert zoo.fit(whole_data, (x, 2 * x), "laplace", batch_size=40, num_samples=10).num_draws == 10
+
+
+def test_laplace_on_a_funnel_flags_itself_instead_of_raising_from_inside_pyro():
+    # centred eight schools: the joint mode runs down the funnel (tau -> 0), and the Gaussian there is so wide
+    # that some draws put tau past float range, where the model is undefined; the PSIS check gave those draws
+    # to Pyro's validation (a bare ValueError) instead of a zero density
+    y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    sigma = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+    def centred(sigma, y=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+        with pyro.plate("J", len(sigma)):
+            theta = pyro.sample("theta", dist.Normal(mu, tau))
+            return pyro.sample("obs", dist.Normal(theta, sigma), obs=y)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        zoo.fit(centred, (sigma, y), "laplace", seed=0)
+    said = [str(w.message) for w in caught if issubclass(w.category, zoo.ZooWarning)]
+    assert any("MAP: had not converged" in s for s in said) and any("Pareto k-hat" in s for s in said), said

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import pyro
 import torch
 from pyro.distributions.transforms import biject_to
 
@@ -139,6 +140,6 @@ def importance_log_ratios(problem, samples: dict, log_q: torch.Tensor, chunk: in
         return None
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in samples.items()}
     theta = latents.pack(flat)
-    with torch.no_grad():
+    with torch.no_grad(), pyro.validation_enabled(False):  # a draw where the model is undefined has p = 0
         log_p = torch.cat([density(block) - latents.unpack(block)[1] for block in theta.split(chunk)])
-    return log_p - log_q.to(log_p.device)
+    return torch.nan_to_num(log_p, nan=-torch.inf, posinf=-torch.inf) - log_q.to(log_p.device)
