@@ -186,3 +186,20 @@ def test_laplace_on_a_funnel_flags_itself_instead_of_raising_from_inside_pyro():
         zoo.fit(centred, (sigma, y), "laplace", seed=0)
     said = [str(w.message) for w in caught if issubclass(w.category, zoo.ZooWarning)]
     assert any("MAP: had not converged" in s for s in said) and any("Pareto k-hat" in s for s in said), said
+
+
+def test_a_models_own_pyro_param_is_named_where_a_backend_holds_it_fixed():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 2, generator=g)
+    y = x @ torch.tensor([1.0, 2.0]) + 0.5 * torch.randn(100, generator=g)
+
+    def regression(x, y=None):
+        s = pyro.param("s", torch.tensor(1.0), constraint=dist.constraints.positive)
+        w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("y", dist.Normal(x @ w, s), obs=y)
+
+    with pytest.warns(zoo.ZooWarning, match=r"pyro.param sites \['s'\] stay at their initial values"):
+        zoo.fit(regression, (x, y), "laplace", seed=0)
+    post = zoo.fit(regression, (x, y), "svi", seed=0)  # learns it, without a word
+    assert abs(float(post.params["s"]) - 0.5) < 0.1

@@ -128,6 +128,11 @@ def fit(model, data, backend="svi", *, num_samples: int | None = None, seed: int
     sites = Sites.of(zm.model, args, init_loc_fn=zm.init_loc_fn, allow_local=zm.local_latents)
     for message in scale_warnings(zm.model, args, sites):
         warnings.warn(message, ZooWarning, stacklevel=2)
+    held = [n for n in sites.params if n.split("$$$")[0] not in zm.modules]
+    if held and not getattr(engine, "trains_modules", False):
+        warnings.warn(f"{engine.name}: the model's pyro.param sites {held} stay at their initial values: {engine.name} "
+                      "infers pyro.sample sites only. Give them a prior (pyro.sample) to infer them, or fit with svi, "
+                      "which learns them", ZooWarning, stacklevel=2)
     problem = Problem(zm.model, args, sites, num_samples, progress, zm.init_loc_fn,
                       make_guide=zm.make_guide, last_layer=zm.last_layer, validation=validation, world=world)
     problem.path = path = "plate" if zm.vectorized else decide_path(problem)

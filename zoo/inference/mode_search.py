@@ -198,7 +198,8 @@ def _newton(loss_fn, theta, max_steps: int, progress: bool = False, losses: list
 def _finite(loss_fn, theta) -> float:
     """The loss at ``theta`` as a float, infinite where the model is not defined."""
     try:
-        value = float(loss_fn(theta))
+        with torch.no_grad():  # a model's pyro.param would give the loss a graph
+            value = float(loss_fn(theta))
     except ValueError as err:  # a distribution built from non-finite parameters
         if "invalid values" not in str(err):
             raise

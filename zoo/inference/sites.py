@@ -65,6 +65,7 @@ class Sites:
     max_plate_nesting: int = 1
     subsamplable: bool = False
     unplated: list[str] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)  # pyro.param sites the model reads (not saved: fit-time only)
 
     @classmethod
     def of(cls, model: Callable, args: tuple, *, init_loc_fn: Callable = init_to_median,
@@ -101,8 +102,9 @@ class Sites:
                            "argument and use pyro.sample(..., obs=y)")
         with torch.random.fork_rng(devices=[]):
             targets, num_targets = _targets(model, args, init_loc_fn, observed, subsamplable, set(latent))
+        params = [name for name, site in trace.nodes.items() if site["type"] == "param"]
         return cls(latent, targets, local, deterministic, num_targets, nesting, subsamplable,
-                   [n for n in unplated if n in targets])
+                   [n for n in unplated if n in targets], params)
 
     def to_json(self) -> dict:
         return {"latent": {k: [list(s), e] for k, (s, e) in self.latent.items()}, "observed": self.observed,
