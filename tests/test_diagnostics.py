@@ -158,6 +158,18 @@ def test_a_stuck_chain_has_infinite_r_hat_and_no_numpy_warning(nuts):
     assert "inf" in str(d)
 
 
+
+def test_entries_fixed_by_the_support_are_not_a_stuck_chain(nuts):
+    # LKJCholesky's factor: L[0,0] = 1 and L[0,1] = 0 in every draw; only L[1,0] and L[1,1] move
+    gen = torch.Generator().manual_seed(0)
+    lower = torch.rand(2, 500, generator=gen) * 2 - 1
+    factor = torch.zeros(2, 500, 2, 2)
+    factor[..., 0, 0], factor[..., 1, 0], factor[..., 1, 1] = 1.0, lower, (1 - lower**2).sqrt()
+    d = _refit(nuts, {"L": factor}, sample_stats={}).diagnose()
+    assert [r.label for r in d.rows] == ["L[1,0]", "L[1,1]"] and d.ok, str(d)
+    factor[1, :, 1, 0] = factor[1, 0, 1, 0]  # a chain stuck in a coordinate that moves elsewhere is still caught
+    assert any("chain 1 never moved" in w for w in _refit(nuts, {"L": factor}, sample_stats={}).diagnose().warnings)
+
 def test_big_sites_get_one_row_each(nuts):
     gen = torch.Generator().manual_seed(0)
     samples = {"weights": torch.randn(2, 500, 50, 40, generator=gen), "bias": torch.randn(2, 500, 3, generator=gen)}

@@ -144,7 +144,11 @@ def _chains(post, d: Diagnosis) -> None:
             flat = value.detach().cpu().double().numpy().reshape(chains, draws, -1)
             n = flat.shape[-1]
             index = np.arange(n) if n <= MAX_ENTRIES else np.unique(np.linspace(0, n - 1, MAX_ENTRIES).round())
-            picked[name] = (flat[..., index.astype(int)], index.astype(int), tuple(value.shape[2:]))
+            index = index.astype(int)
+            fixed = np.ptp(flat[..., index].reshape(-1, len(index)), axis=0) == 0
+            if fixed.any() and not fixed.all():  # fixed by the support (a Cholesky factor's first row), not stuck
+                index = index[~fixed]
+            picked[name] = (flat[..., index], index, tuple(value.shape[2:]))
         stats = convergence_stats({k: v[0] for k, v in picked.items()})
         stuck_chains = set()
         for name, (values, index, shape) in picked.items():
