@@ -203,3 +203,18 @@ def test_a_models_own_pyro_param_is_named_where_a_backend_holds_it_fixed():
         zoo.fit(regression, (x, y), "laplace", seed=0)
     post = zoo.fit(regression, (x, y), "svi", seed=0)  # learns it, without a word
     assert abs(float(post.params["s"]) - 0.5) < 0.1
+
+
+def test_laplace_refuses_a_centred_hierarchy_with_the_way_out():
+    # Pyro's baseball example, partial pooling: the group scale runs to 0 at the joint mode
+    hits = torch.tensor([18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7.0])
+
+    def pooled(at_bats, hits=None):
+        loc = pyro.sample("loc", dist.Normal(-1.0, 1.0))
+        scale = pyro.sample("scale", dist.HalfCauchy(1.0))
+        with pyro.plate("players", at_bats.shape[0]):
+            alpha = pyro.sample("alpha", dist.Normal(loc, scale))
+            return pyro.sample("obs", dist.Binomial(at_bats, logits=alpha), obs=hits)
+
+    with pytest.raises(zoo.ZooError, match="not positive definite.*use nuts, or make it non-centred"):
+        zoo.fit(pooled, (torch.full_like(hits, 45.0), hits), "laplace", seed=0)

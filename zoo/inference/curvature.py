@@ -161,7 +161,9 @@ def not_positive(count: int, curvature: str) -> ZooError:
     hint = ("use curvature='fisher' (positive semi-definite), or train the MAP longer (num_steps)"
             if curvature == "exact" else "train the MAP longer (num_steps) or strengthen the prior")
     return ZooError(f"laplace: the {curvature} Hessian at the MAP is not positive definite "
-                    f"({count} non-positive eigenvalues); {hint}")
+                    f"({count} non-positive eigenvalues); {hint}. In a hierarchical model, a group scale that "
+                    "runs to 0 leaves the joint density no mode (a centred hierarchy's funnel): use nuts, or make it "
+                    "non-centred (group = loc + scale * standard normal) and read the PSIS k-hat")
 
 
 def exact_curvature(fn, theta, structure: str, chunk: int = 256) -> torch.Tensor:
