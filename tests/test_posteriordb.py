@@ -131,3 +131,14 @@ def test_a_noise_round_at_a_curvature_that_is_not_positive_definite_ends_in_the_
     ref = pdb.load_reference("kidiq-kidscore_momiq")
     with pytest.raises(zoo.ZooError, match="not positive definite"):
         zoo.fit(_tutorial_regression, ref.args, "laplace", optimizer="lbfgs", noise="sigma", prior_rounds=2, seed=0)
+
+
+def test_svi_started_at_the_map_reaches_an_unscaled_regression():
+    # mesquite: from the prior's median 4,000 Adam steps end 5 sds off in a mean; from Laplace's MAP, within 0.25
+    ref = pdb.load_reference("mesquite-logmesquite")
+    fits = {init: zoo.fit(zoo.load("pdb-mesquite-logmesquite"), ref.args, "svi", seed=0, init=init, **APPROX["svi"])
+            for init in ("prior", "map")}
+    agreement = {init: pdb.agreement(post, ref) for init, post in fits.items()}
+    assert max(agreement["prior"]["mean_error"].values()) > 1.0, agreement["prior"]
+    assert max(agreement["map"]["mean_error"].values()) < 0.25 and agreement["map"]["worst_sd"] < 0.25, agreement["map"]
+    assert "init='map'" in " ".join(fits["prior"].diagnose().warnings)
