@@ -218,3 +218,19 @@ def test_laplace_refuses_a_centred_hierarchy_with_the_way_out():
 
     with pytest.raises(zoo.ZooError, match="not positive definite.*use nuts, or make it non-centred"):
         zoo.fit(pooled, (torch.full_like(hits, 45.0), hits), "laplace", seed=0)
+
+
+def test_svi_init_is_checked():
+    x = torch.randn(20, 2)
+    y = x.sum(-1)
+
+    def regression(x, y=None):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("y", dist.Normal(x @ w, 0.5), obs=y)
+
+    with pytest.raises(zoo.ZooError, match="init must be 'prior' or 'map'"):
+        zoo.fit(regression, (x, y), "svi", init="mode", num_steps=5)
+    guide = pyro.infer.autoguide.AutoNormal(regression)
+    with pytest.raises(zoo.ZooError, match="a guide of your own.*drop init='map'"):
+        zoo.fit(regression, (x, y), "svi", guide=guide, init="map", num_steps=5)
