@@ -10,6 +10,8 @@ import torch
 
 import zoo
 
+from .catalogue import make_eight_schools
+
 
 @pytest.fixture(scope="module")
 def data():
@@ -171,8 +173,7 @@ def test_laplace_on_a_funnel_flags_itself_instead_of_raising_from_inside_pyro():
     # centred eight schools: the joint mode runs down the funnel (tau -> 0), and the Gaussian there is so wide
     # that some draws put tau past float range, where the model is undefined; the PSIS check gave those draws
     # to Pyro's validation (a bare ValueError) instead of a zero density
-    y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
-    sigma = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+    (sigma, y), _ = make_eight_schools(None)
 
     def centred(sigma, y=None):
         mu = pyro.sample("mu", dist.Normal(0.0, 5.0))

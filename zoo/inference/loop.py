@@ -50,6 +50,12 @@ class NonFinite(Exception):
         self.what = what
 
 
+def invalid_parameters(error: Exception) -> bool:
+    """A distribution built from non-finite parameters (a point where the model is undefined): Pyro's
+    validation raises this ValueError; the loops treat it as a non-finite objective."""
+    return isinstance(error, ValueError) and "invalid values" in str(error)
+
+
 class Converged(Exception):
     """Raised by a step when the optimisation has converged: the loop ends there, complete."""
 

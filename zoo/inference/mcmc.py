@@ -17,18 +17,13 @@ from pyro.poutine.messenger import Messenger
 
 from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
-from .loop import Status, run_steps
+from .loop import Status, invalid_parameters, run_steps
 
 POLL_S = 1.0  # how often the parent checks that chains it waits on are alive
 
 
-def _invalid_parameters(error: Exception) -> bool:
-    """A distribution built from non-finite parameters (a trajectory gone where the model is undefined)."""
-    return isinstance(error, ValueError) and "invalid values" in str(error)
-
-
 # Pyro then treats that point as one of infinite energy: a divergence, so the chain keeps its finite draws
-register_exception_handler("zoo_invalid_parameters", _invalid_parameters)
+register_exception_handler("zoo_invalid_parameters", invalid_parameters)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 from .._errors import ZooError
 from ._base import lr_gamma
 from .curvature import LaplaceTerms, exact_curvature
-from .loop import Converged, NonFinite, Status, check_finite, converged, run_steps
+from .loop import Converged, NonFinite, Status, check_finite, converged, invalid_parameters, run_steps
 from .validation import EarlyStop
 
 OPTIMIZERS = ("auto", "lbfgs", "adam")
@@ -52,9 +52,8 @@ class ModeSearch:
             del losses[kept:]
             converged = False
             if early is None and stop_after is None:
-                point, newton_status, converged = _newton(lambda t: -target(t) / joint.num_points, found,
-                                                          NEWTON_STEPS, progress, losses)
-                found, round_status = point, newton_status
+                found, round_status, converged = _newton(lambda t: -target(t) / joint.num_points, found,
+                                                         NEWTON_STEPS, progress, losses)
             if not converged and round_status.interrupted is None:
                 del losses[kept:]
                 early = stop()
@@ -91,8 +90,8 @@ class ModeSearch:
             optim.zero_grad()
             try:
                 loss = -target(theta, joint.minibatch(t)) / joint.num_points
-            except ValueError as err:  # a distribution built from non-finite parameters
-                if "invalid values" not in str(err):
+            except ValueError as err:
+                if not invalid_parameters(err):
                     raise
                 raise NonFinite("the loss became nan") from None
             check_finite(loss.item())
@@ -212,8 +211,8 @@ def _finite(loss_fn, theta) -> float:
     try:
         with torch.no_grad():  # a model's pyro.param would give the loss a graph
             value = float(loss_fn(theta))
-    except ValueError as err:  # a distribution built from non-finite parameters
-        if "invalid values" not in str(err):
+    except ValueError as err:
+        if not invalid_parameters(err):
             raise
         return math.inf
     return value if math.isfinite(value) else math.inf

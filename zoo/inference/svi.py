@@ -29,7 +29,7 @@ from ._base import (
 )
 from .adam import Adam
 from .elbo_graph import ElboStep, trace_elbo_step
-from .loop import NonFinite, run_steps
+from .loop import NonFinite, invalid_parameters, run_steps
 from .mode_search import map_point
 from .sites import DATA_PLATE, MinibatchIndices
 
@@ -164,8 +164,8 @@ class SVI:
             with poutine.trace(param_only=True) as traced, per_example_noise():
                 try:
                     loss = elbo.loss_and_grads(model, guide_run, *step_args)
-                except ValueError as err:  # a distribution built from NaN parameters
-                    if "invalid values" not in str(err):
+                except ValueError as err:
+                    if not invalid_parameters(err):
                         raise
                     loss = math.nan
             params = [site["value"].unconstrained() for site in traced.trace.nodes.values()]
