@@ -56,7 +56,7 @@ def run(name: str, backend: str, seed: int) -> dict:
             return {"posterior": name, "backend": backend, "seed": seed, "error": str(err)}
     wall = time.perf_counter() - start
     row = {"posterior": name, "backend": backend, "seed": seed, "wall_s": round(wall, 1),
-           "vectorized": post.info["vectorized"],
+           "vectorized": post.info["vectorized"], **({"init": post.info["init"]} if "init" in post.info else {}),
            **{k: v for k, v in pdb.agreement(post, ref).items() if not isinstance(v, dict)},
            "warnings": [str(w.message) for w in caught]}
     if "diverging" in post.sample_stats:  # the samplers

@@ -34,6 +34,8 @@ RUNS = RESULTS / "uci-runs.jsonl"
 # name -> (backend, model config, backend options, num_samples)
 METHODS = {
     "svi-mean-field": ("svi", {}, dict(guide="mean-field", num_steps=2000, lr=1e-2), 1000),
+    # the same started at the MAP Laplace finds (svi's init="map"), to see whether it may be the default
+    "svi-mean-field-map": ("svi", {}, dict(guide="mean-field", num_steps=2000, lr=1e-2, init="map"), 1000),
     "svi-mc-dropout": ("svi", {"dropout": 0.01}, dict(guide="mc-dropout", num_steps=2000, lr=1e-2), 1000),
     "laplace": ("laplace", {}, dict(hessian="diag", curvature="fisher", num_steps=1500, prior_rounds=3), 1000),
     # the linearised predictive (issue 15): dense and diagonal Fisher; laplace-glm was bnn's default until the

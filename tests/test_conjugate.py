@@ -71,3 +71,22 @@ def test_pyro_nuts_jit_draws_equal_eager_draws(linear_model, problem):
     eager, traced = (zoo.fit(linear_model, data, "pyro-nuts", num_warmup=50, num_samples=50, num_chains=1, seed=3,
                              jit=jit).flat_samples()["w"] for jit in (False, True))
     assert torch.allclose(eager, traced, atol=1e-4)
+
+
+def test_svi_starts_at_the_laplace_approximation(linear_model, problem):
+    """init='auto' puts a model's autoguide at the MAP with the curvature's scales: for a Gaussian posterior
+    that is the exact posterior (full-rank) or its conditional sds (mean-field), before any step moves it."""
+    (x, y), mean, _ = problem
+    cov = torch.linalg.inv(x.T @ x / NOISE**2 + torch.eye(2) / PRIOR**2)
+    still = dict(num_steps=1, lr=1e-9, num_samples=10, seed=0)  # one step of Adam moves a parameter by ~lr
+    full = zoo.fit(linear_model, (x, y), "svi", guide="full-rank", **still)
+    assert full.info["init"] == "map"
+    loc, scale, tril = (full.params[f"AutoMultivariateNormal.{k}"] for k in ("loc", "scale", "scale_tril"))
+    factor = scale.unsqueeze(-1) * tril
+    torch.testing.assert_close(loc, mean, rtol=1e-3, atol=1e-4)  # float32 search: 1e-3 of an sd
+    torch.testing.assert_close(factor @ factor.T, cov, rtol=1e-3, atol=1e-7)
+    field = zoo.fit(linear_model, (x, y), "svi", guide="mean-field", **still)
+    torch.testing.assert_close(field.params["AutoNormal.scales.w"], torch.linalg.inv(cov).diagonal().rsqrt(),
+                               rtol=1e-3, atol=1e-7)
+    prior = zoo.fit(linear_model, (x, y), "svi", guide="mean-field", init="prior", **still)
+    assert prior.info["init"] == "prior" and (prior.params["AutoNormal.locs.w"] - mean).abs().max() > 0.1

@@ -19,6 +19,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
+import torch
 
 import zoo
 from zoo.datasets import pdb
@@ -123,6 +124,23 @@ def test_laplace_defaults_find_the_mode_of_a_regression_written_as_in_pyros_tuto
         draws = post.samples[site].double()
         assert abs(float(draws.mean()) - mean) < 0.1 * sd, (site, float(draws.mean()), mean, sd)
         assert abs(float(draws.std()) / sd - 1) < 0.1, (site, float(draws.std()), sd)
+
+
+def test_svi_defaults_fit_a_regression_written_as_in_pyros_tutorial():
+    # from the prior's median 2,000 Adam steps ended at a slope of -5.4 and sigma 91 (Stan: 0.61, 18.3); its
+    # default start is now the Laplace approximation at the MAP
+    ref = pdb.load_reference("kidiq-kidscore_momiq")
+    post = zoo.fit(_tutorial_regression, ref.args, "svi", guide="full-rank", num_samples=4000, seed=0)
+    assert post.info["init"] == "map"
+    for site, stan in (("a", "beta[1]"), ("b", "beta[2]"), ("sigma", "sigma")):
+        mean, sd = ref.reference[stan]
+        draws = post.samples[site].double()
+        assert abs(float(draws.mean()) - mean) < 0.1 * sd, (site, float(draws.mean()), mean, sd)
+        assert abs(float(draws.std()) / sd - 1) < 0.1, (site, float(draws.std()), sd)
+    # a network's MAP overfits (bnn on boston: test LL -170 started there, -2.3 from the prior): it starts at the prior
+    x = torch.linspace(-1, 1, 20).unsqueeze(-1)
+    net = zoo.fit(zoo.load("bnn", in_features=1, hidden=[5]), (x, x[:, 0]), "svi", num_steps=5, num_samples=10)
+    assert net.info["init"] == "prior"
 
 
 def test_a_noise_round_at_a_curvature_that_is_not_positive_definite_ends_in_the_clear_refusal():

@@ -11,7 +11,7 @@ import torch
 from .._errors import ZooError
 from ._base import lr_gamma
 from .curvature import LaplaceTerms, exact_curvature
-from .loop import Converged, NonFinite, Status, check_finite, converged, invalid_parameters, run_steps
+from .loop import Converged, NonFinite, check_finite, converged, invalid_parameters, run_steps
 from .validation import EarlyStop
 
 OPTIMIZERS = ("auto", "lbfgs", "adam")
@@ -143,18 +143,6 @@ class ModeSearch:
         if warning and final and not stopped_early:
             status.warnings.append(warning + "; a Laplace fit around an unconverged MAP is poor")
         return kept, status
-
-
-def map_point(problem) -> dict[str, torch.Tensor]:
-    """The MAP of a problem's model on its full data, as Laplace finds it with its defaults: constrained values
-    per latent site (where svi's ``init="map"`` starts its guide)."""
-    joint, status = LaplaceTerms(problem), Status()
-    search = ModeSearch("auto", num_steps=3000, lr=1e-2, lr_decay=0.1)
-    theta = search.run(joint, joint.initial, 1.0, problem.progress, [], status)
-    trouble = status.stopped or status.interrupted or (status.warnings or [None])[0]
-    if trouble:
-        raise ZooError(f"svi: init='map' found no MAP to start from ({trouble}); drop init='map'")
-    return {name: value.detach() for name, value in joint.latents.constrain(theta).items()}
 
 
 @dataclass

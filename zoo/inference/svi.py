@@ -14,11 +14,10 @@ import torch
 from pyro import poutine
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoGuide
-from pyro.infer.autoguide.initialization import init_to_value
 
 from .._errors import ZooError
 from .._noise import per_example_noise
-from . import distributed
+from . import distributed, guide_start
 from ._base import (
     FitResult,
     check_positive,
@@ -30,7 +29,6 @@ from ._base import (
 from .adam import Adam
 from .elbo_graph import ElboStep, trace_elbo_step
 from .loop import NonFinite, invalid_parameters, run_steps
-from .mode_search import map_point
 from .sites import DATA_PLATE, MinibatchIndices
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
@@ -63,11 +61,14 @@ class SVI:
         ``Trace_ELBO`` or ``TraceMeanField_ELBO`` (analytic KL where available).
     num_particles : int
         Monte Carlo samples per step, vectorised.
-    init : {"prior", "map"}
+    init : {"auto", "prior", "map"}
         Where an autoguide (``mean-field``, ``low-rank``, ``full-rank``, ``delta``) starts: the model's initial
-        point (the prior's median, or its ``init_loc_fn``), or the MAP as Laplace finds it (L-BFGS and damped
-        Newton steps on the full data): on posteriordb's unscaled regressions full-rank svi from the prior's
-        median ends up to 9 sds off in a mean, from the MAP within 0.11 (sblrc: 4).
+        point (the prior's median, or its ``init_loc_fn``), or the Laplace approximation at the MAP (L-BFGS and
+        damped Newton steps on the full data): its mode as the location, its curvature as the scales (a
+        low-rank guide takes the location only). ``"auto"``: the MAP for a guide chosen by name over the global
+        latents of a model without an output layer (not a network, whose MAP overfits) of at most 1,000
+        coordinates, fitted on the full data, where the search converges; else the prior.
+        ``post.info["init"]`` says which ran (guide_start.py).
     jit : bool
         Compile the ELBO with the PyTorch JIT (faster steps after a slow first one; TorchScript, deprecated).
     elbo_step : {"auto", "pyro", "traced", "compiled"}
@@ -100,7 +101,7 @@ class SVI:
     num_particles: int = 1
     jit: bool = False
     elbo_step: str = "auto"
-    init: str = "prior"
+    init: str = "auto"
 
     def fit(self, problem) -> FitResult:
         if self.elbo not in ELBOS:
@@ -119,7 +120,7 @@ class SVI:
         batch_size = n if self.batch_size is None else min(self.batch_size, n)
         check_positive("svi: batch_size", batch_size)
         num_steps = self._num_steps(n, batch_size)
-        guide = problem.make_guide(self.guide, **self._start(problem))
+        guide = problem.make_guide(self.guide, **self.guide_options)
         world = problem.world
         if world is not None and batch_size < world.size:
             raise ZooError(f"svi: batches of {batch_size} points{' (all the data)' * (batch_size == n)} split over "
@@ -151,6 +152,11 @@ class SVI:
         order = {"perm": permutation()}
         if minibatch and isinstance(guide, AutoGuide) and not sites.local:  # after the permutation, as before
             _prototype_on_minibatch(guide, args, order["perm"][:batch_size])
+        start = guide_start.resolve(self.init, guide, problem, minibatch, chosen=not callable(self.guide))
+        if start is not None:
+            if not minibatch:
+                guide._setup_prototype(*args)
+            start.apply(guide)
         if world is not None:
             _start_alike(elbo, model, guide_run, (*args, distributed.shard(order["perm"][:batch_size], world)[0]))
         optim = self._optimizer(num_steps)
@@ -223,18 +229,8 @@ class SVI:
         return FitResult({k: v.unsqueeze(0) for k, v in samples.items()}, status=status, loss=losses,
                          params=params, log_q=log_q,
                          info={"num_steps": num_steps, "batch_size": batch_size,
+                               "init": "prior" if start is None else "map",
                                "elbo_step": graph["step"].mode if graph.get("step") else "pyro"})
-
-    def _start(self, problem) -> dict:
-        """The guide's options, with ``init="map"`` an ``init_loc_fn`` at the MAP."""
-        if self.init not in ("prior", "map"):
-            raise ZooError(f"svi: init must be 'prior' or 'map', got {self.init!r}")
-        if self.init == "prior":
-            return self.guide_options
-        if callable(self.guide) or problem.sites.local:
-            raise ZooError("svi: init='map' starts an autoguide over global latents at the MAP; a guide of your own, "
-                           "or one with local latents, starts where it is written: drop init='map'")
-        return {**self.guide_options, "init_loc_fn": init_to_value(values=map_point(problem))}
 
     def _num_steps(self, n, batch_size):
         if self.num_steps is not None and self.num_epochs is not None:
