@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
 from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
@@ -81,7 +83,7 @@ class _NUTSRun(ChainRun):
         super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, config.pooled_mass,
                          config.density)
         self.adapt = DualAveraging(config.target_accept, self.step_size.log())
-        self.depth = 0
+        self.depth = torch.zeros(1, dtype=torch.long)
         self.tree = first_tree(self.point, config.max_tree_depth)
 
     def step(self, t: int) -> None:
@@ -89,7 +91,7 @@ class _NUTSRun(ChainRun):
         self.tree, moved = nuts_transition(self.tree, self.step_size, self.metric, self.momentum(t), self.move,
                                            self.random.keys, t, c.max_tree_depth)
         self.point = moved.point
-        self.depth = int(moved.tree_depth.max())
+        self.depth = moved.tree_depth  # read (a host sync) only when the progress bar shows it
         self.leapfrogs += moved.n_steps.long()
         if t >= c.num_warmup:
             self.keep(dict(diverging=moved.diverging, tree_depth=moved.tree_depth, n_steps=moved.n_steps,
@@ -116,4 +118,4 @@ class _NUTSRun(ChainRun):
         return chains.bind(grow_leaves, example, lambda tree: tree.sub.last)
 
     def postfix(self) -> dict:
-        return {"step": f"{float(self.step_size.mean()):.3g}", "depth": self.depth}
+        return {"step": f"{float(self.step_size.mean()):.3g}", "depth": int(self.depth.max())}

@@ -140,15 +140,16 @@ def schedule(first: int, leaves: int, slots: int, device: torch.device) -> Sched
     return Schedule(*flags, torch.stack(store).to(device), torch.stack(check).to(device))
 
 
-def leaf_runs(max_tree_depth: int) -> list[tuple[int, int]]:
+@lru_cache(maxsize=64)
+def leaf_runs(max_tree_depth: int) -> tuple[tuple[int, int], ...]:
     """(first leaf, leaves) of each call: LEAVES_PER_CALL at a time (all of a smaller tree), so that one
     compiled step serves every run. The first run starts at the padding leaf -1, where the transition
     begins, so that every doubling from LEAVES_PER_CALL leaves on starts a run (and the host can stop at its
     end)."""
     total = 2**max_tree_depth - 1
     if total < LEAVES_PER_CALL:
-        return [(-1, total + 1)]
-    return [(first, LEAVES_PER_CALL) for first in range(-1, total, LEAVES_PER_CALL)]
+        return ((-1, total + 1),)
+    return tuple((first, LEAVES_PER_CALL) for first in range(-1, total, LEAVES_PER_CALL))
 
 
 def subtree_slots(max_tree_depth: int) -> int:
