@@ -67,7 +67,9 @@ class SVI:
         damped Newton steps on the full data): its mode as the location, its curvature as the scales (a
         low-rank guide takes the location only). ``"auto"``: the MAP for a guide chosen by name over the global
         latents of a model without an output layer (not a network, whose MAP overfits) of at most 1,000
-        coordinates, fitted on the full data, where the search converges; else the prior.
+        coordinates, fitted on the full data, where the search converges; else the prior. The curvature's scales
+        are used where the Laplace approximation's PSIS k-hat is at most 0.7, else the guide's own small ones (a
+        hierarchical model's mode can lie far from its mass).
         ``post.info["init"]`` says which ran (guide_start.py).
     jit : bool
         Compile the ELBO with the PyTorch JIT (faster steps after a slow first one; TorchScript, deprecated).
