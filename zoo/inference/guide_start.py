@@ -56,7 +56,8 @@ class LaplaceStart:
         normal = torch.randn(draws, len(self.theta), generator=generator, dtype=q.loc.dtype, device=q.loc.device)
         theta = (q.loc + normal @ q.scale_tril.T).to(self.theta.dtype)  # q's density at the points p sees
         with torch.no_grad(), pyro.validation_enabled(False):
-            log_ratio = density(theta).double() - q.log_prob(theta.double())
+            log_p = torch.cat([density(block) for block in theta.split(256)])  # memory as diagnose's check
+            log_ratio = log_p.double() - q.log_prob(theta.double())
         finite = log_ratio[torch.isfinite(log_ratio)]
         return pareto_k(finite.cpu().numpy())[0] if len(finite) > draws // 2 else math.inf
 
@@ -128,7 +129,7 @@ def laplace_start(problem, quiet: bool = False) -> tuple[LaplaceStart, str | Non
         hessian = (hessian + hessian.T) / 2  # rows of Hessian-vector products agree to rounding only
         if int(torch.linalg.cholesky_ex(hessian).info) == 0:
             precision = hessian
-        elif quiet:
+        elif quiet:  # a flat direction (a GP's lengthscale of an irrelevant input): the mode says little
             trouble = "the Hessian at the MAP is not positive definite"
     start = LaplaceStart(joint.latents, theta, precision)
     if precision is not None and not start.pareto_k(problem) <= K_HAT_BAD:
