@@ -94,6 +94,19 @@ def test_the_one_adam_is_torchs_adam_under_an_exponential_schedule():
             assert float(late.detach()) == pytest.approx(3.0 - 0.1 * 0.9**2, abs=1e-6)
 
 
+def test_adam_step_scales_multiply_each_update():
+    # svi's Laplace start scales its location's steps by the marginal sds: Adam's first step moves each entry by
+    # about lr, so here by lr times its scale
+    from zoo.inference.adam import Adam
+
+    p = torch.zeros(3, requires_grad=True)
+    optim = Adam(lr=0.1, gamma=1.0)
+    optim.step_scales = {p: torch.tensor([1.0, 0.1, 0.01])}
+    (p * torch.tensor([1.0, -2.0, 3.0])).sum().backward()
+    optim.step([p])
+    torch.testing.assert_close(p.detach(), torch.tensor([-0.1, 0.01, -0.001]), rtol=1e-5, atol=1e-8)
+
+
 def test_clipped_adam_clamps_each_gradient_element():
     from zoo.inference.adam import Adam
 

@@ -151,6 +151,15 @@ def test_svi_defaults_fit_a_regression_written_as_in_pyros_tutorial():
     assert schools.info["init"] == "map" and 2.5 < float(schools.samples["tau"].mean()) < 5.5
 
 
+def test_svi_steps_from_the_laplace_start_in_its_units():
+    # sblrc's coefficients have posterior sds far below Adam's step (about lr whatever the gradient): with svi's
+    # defaults the location random-walked 0.75 sd off; with its steps scaled by the Laplace sds, 0.06
+    ref = pdb.load_reference("sblrc-blr")
+    post = zoo.fit(zoo.load("pdb-sblrc-blr"), ref.args, "svi", guide="full-rank", num_samples=4000, seed=0)
+    agreement = pdb.agreement(post, ref)
+    assert post.info["init"] == "map" and agreement["worst_mean"] < 0.25 and agreement["worst_sd"] < 0.15, agreement
+
+
 def test_a_noise_round_at_a_curvature_that_is_not_positive_definite_ends_in_the_clear_refusal():
     # L-BFGS alone (no Newton steps) stops at the start, where the Hessian is indefinite: the noise update of the
     # second round has no log-determinant to use and keeps the last noise term (it raised a bare TypeError)

@@ -12,10 +12,12 @@ import torch
 
 class Adam:
     """Adam at ``lr * gamma**t`` on step t. ``clip``: each gradient element is first clamped to
-    [-clip, clip] (Pyro's ``ClippedAdam``)."""
+    [-clip, clip] (Pyro's ``ClippedAdam``). ``step_scales``: parameter -> per-element factors its updates are
+    multiplied by (Adam in coordinates rescaled by them)."""
 
     def __init__(self, lr: float, gamma: float, clip: float | None = None):
         self.lr, self.gamma, self.clip = lr, gamma, clip
+        self.step_scales: dict[torch.Tensor, torch.Tensor] = {}
         self.steps = 0
         self._optim: torch.optim.Adam | None = None
         self._known: set[torch.Tensor] = set()
@@ -32,7 +34,11 @@ class Adam:
         lr = self.lr * self.gamma ** self.steps
         for group in self._optim.param_groups:
             group["lr"] = lr
+        before = [(p, p.detach().clone()) for p in params if p in self.step_scales]
         self._optim.step()
+        with torch.no_grad():
+            for p, old in before:
+                p.copy_(old + (p - old) * self.step_scales[p])
         self._optim.zero_grad(set_to_none=True)
         self.steps += 1
 

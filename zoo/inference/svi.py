@@ -155,13 +155,13 @@ class SVI:
         if minibatch and isinstance(guide, AutoGuide) and not sites.local:  # after the permutation, as before
             _prototype_on_minibatch(guide, args, order["perm"][:batch_size])
         start = guide_start.resolve(self.init, guide, problem, minibatch, chosen=not callable(self.guide))
+        optim = self._optimizer(num_steps)
         if start is not None:
             if not minibatch:
                 guide._setup_prototype(*args)
-            start.apply(guide)
+            optim.step_scales = start.apply(guide)
         if world is not None:
             _start_alike(elbo, model, guide_run, (*args, distributed.shard(order["perm"][:batch_size], world)[0]))
-        optim = self._optimizer(num_steps)
         last_good = _LastGood()
         graph = {}  # after the first step: "params"; "traced", the ELBO as a graph (or None); "step", the one run
         timed = {}  # seconds of the first steps of each mode, which decide whether compiling pays
