@@ -72,19 +72,21 @@ class LaplaceStart:
         coefficient of sd 1e-3 then random-walks far from the start: sblrc's worst mean 0.75 sd off with svi's
         defaults, 0.06 with the steps scaled); for the scale parameters COVARIANCE_STEP."""
         if self.precision is None:
-            conditional = marginal = None
+            covariance = conditional = marginal = None
         else:  # a mean-field Gaussian's optimum for a Gaussian posterior has the conditional sds, 1 / diag(precision)
+            covariance = torch.cholesky_inverse(torch.linalg.cholesky(self.precision))
             conditional = self.precision.diagonal().rsqrt().to(self.theta.dtype)
-            marginal = torch.linalg.inv(self.precision).diagonal().sqrt().to(self.theta.dtype)
+            marginal = covariance.diagonal().sqrt().to(self.theta.dtype)
         step_scales = {}
         if isinstance(guide, ag.AutoNormal):
-            for name, loc in self.latents.split(self.theta).items():
-                step_scales[_deep_set(guide.locs, name, loc)] = None
-            if conditional is not None:
-                step_scales = dict(zip(step_scales, self.latents.split(marginal).values(), strict=True))
-                for name, scale in self.latents.split(conditional).items():
-                    param = _deep_set(guide.scales, name, scale)
-                    step_scales[param] = torch.full_like(param, COVARIANCE_STEP)
+            locs = {name: _deep_set(guide.locs, name, loc) for name, loc in self.latents.split(self.theta).items()}
+            if conditional is None:
+                return {}
+            for name, sd in self.latents.split(marginal).items():
+                step_scales[locs[name]] = sd
+            for name, scale in self.latents.split(conditional).items():
+                param = _deep_set(guide.scales, name, scale)
+                step_scales[param] = torch.full_like(param, COVARIANCE_STEP)
         elif isinstance(guide, ag.AutoDelta):
             for name, value in self.latents.constrain(self.theta).items():
                 _deep_set(guide, name, value)
@@ -95,15 +97,14 @@ class LaplaceStart:
                 return {}
             step_scales = {guide.loc: marginal[order]}
             if isinstance(guide, ag.AutoMultivariateNormal):
-                covariance = torch.cholesky_inverse(torch.linalg.cholesky(self.precision[order][:, order]))
-                tril = torch.linalg.cholesky(covariance).to(self.theta.dtype)
+                tril = torch.linalg.cholesky(covariance[order][:, order]).to(self.theta.dtype)
                 guide.scale = tril.diagonal().clone()
                 guide.scale_tril = tril / tril.diagonal().unsqueeze(-1)
                 for name in ("scale_unconstrained", "scale_tril_unconstrained"):
                     step_scales[guide._parameters[name]] = torch.full_like(guide._parameters[name], COVARIANCE_STEP)
             elif isinstance(guide, ag.AutoDiagonalNormal):
                 guide.scale = conditional[order]
-        return {p: scale for p, scale in step_scales.items() if scale is not None}
+        return step_scales
 
 
 def resolve(init: str, guide, problem, minibatch: bool, chosen: bool) -> LaplaceStart | None:
