@@ -10,9 +10,10 @@ import torch
 
 import zoo
 from zoo.inference._random import ChainRandom
-from zoo.inference.adaptation import MassEstimate, warmup_windows
+from zoo.inference.adaptation import DualAveraging, MassEstimate, warmup_windows
+from zoo.inference.batched import Kept
 from zoo.inference.chees import _ChEESRun, halton
-from zoo.inference.trajectory import LEAVES_PER_CALL, Metric, Point, _checkpoints, grow, leaf_runs, schedule, start_tree
+from zoo.inference.trajectory import Metric, Point, _checkpoints, grow, schedule, start_tree
 
 
 def test_warmup_windows_are_stans():
@@ -36,26 +37,52 @@ def test_checkpoints_cover_every_completed_subtree():
             assert {slots[s] for s in range(low, high + 1)} == closed
 
 
-def test_runs_of_leaves_cover_the_tree_and_start_at_its_doublings():
-    for depth in range(1, 11):
-        runs = leaf_runs(depth)
-        leaves = [leaf for first, n in runs for leaf in range(first, first + n)]
-        assert [leaf for leaf in leaves if leaf >= 0] == list(range(2**depth - 1))  # each leaf once, in order
-        assert len({n for _, n in runs}) == 1  # one compiled step serves them all
-        starts = {first for first, _ in runs}
-        assert {2**d - 1 for d in range(depth) if 2**d >= LEAVES_PER_CALL} <= starts  # the host can stop there
+def test_the_schedule_places_each_leaf_in_its_doubling():
+    table = schedule(4, torch.device("cpu"))
+    assert table.counter.tolist() == [1] + [2] * 2 + [3] * 4 + [4] * 8  # doubling d draws at offset 1 + d
+    assert table.opens.nonzero().flatten().tolist() == [0, 1, 3, 7]
+    assert table.closes.nonzero().flatten().tolist() == [0, 2, 6, 14]
+    assert table.columns[5].tolist() == [1, 2, 5]  # leaf 5 is leaf j = 2 of doubling 2
 
 
-def test_the_padding_leaf_changes_nothing():
+def test_a_chain_that_is_not_going_changes_nothing():
     z = torch.randn(3, 2)
     start = Point(z, torch.randn(3, 2), -z.pow(2).sum(-1), -2 * z)
     tree = start_tree(start, -start.logp, slots=3)
-    pad = schedule(-1, 1, 3, z.device)
-    assert not bool(pad.live[0]) and not bool(pad.opens[0]) and not bool(pad.closes[0])
-    moved = grow(tree, torch.full((3,), 0.1), Metric(torch.ones(3, 2)).inverse_mass, torch.rand(3, 3),
-                 type(pad)(*(a[0] for a in pad)), lambda z: (-z.pow(2).sum(-1), -2 * z))
-    for a, b in zip(torch.utils._pytree.tree_leaves(tree), torch.utils._pytree.tree_leaves(moved), strict=True):
-        assert torch.equal(a, b)
+    going = torch.tensor([True, False, True])
+    at = schedule(4, z.device).at(torch.tensor([0, 0, 0]), going)  # leaf 0 opens and closes doubling 0
+    moved = grow(tree, torch.full((3,), 0.1), Metric(torch.ones(3, 2)).inverse_mass, torch.rand(3, 3), at,
+                 lambda z: (-z.pow(2).sum(-1), -2 * z))
+    leaves = zip(torch.utils._pytree.tree_leaves(tree), torch.utils._pytree.tree_leaves(moved), strict=True)
+    for a, b in leaves:
+        assert torch.equal(a[..., 1, :] if a.dim() == 3 else a[1], b[..., 1, :] if b.dim() == 3 else b[1])
+    assert int(moved.n_steps[0]) == 1 and int(moved.depth[0]) == 1
+
+
+def test_kept_draws_are_each_chains_own_in_order():
+    kept = Kept(3)
+    kept.put({"x": torch.tensor([1.0, 10.0])})
+    kept.put({"x": torch.tensor([2.0, 20.0])}, torch.tensor([True, False]))
+    assert kept.complete() == 1
+    kept.put({"x": torch.tensor([3.0, 30.0])})
+    assert kept.complete() == 2
+    assert kept.first(2)["x"].tolist() == [[1.0, 2.0], [10.0, 30.0]]
+
+
+def test_masked_adaptation_is_each_chains_alone():
+    acceptance = torch.tensor([0.3, 0.9])
+    both, first = DualAveraging(0.8, torch.zeros(2)), DualAveraging(0.8, torch.zeros(2))
+    both.update(acceptance)
+    first.update(acceptance, torch.tensor([True, False]))
+    assert first.log_step[0] == both.log_step[0] and first.log_step[1] == 0.0 and first.t.tolist() == [1, 0]
+    z = torch.randn(4, 2, 3)
+    masked, alone = MassEstimate(2, 3, False, False, z[0]), MassEstimate(1, 3, False, False, z[0])
+    for i, row in enumerate(z):
+        masked.add(row, torch.tensor([True, i % 2 == 0]))  # chain 1 adds rows 0 and 2
+        if i % 2 == 0:
+            alone.add(row[1:])
+    torch.testing.assert_close(masked.mean[1], alone.mean[0])
+    torch.testing.assert_close(masked.m2[1], alone.m2[0])
 
 
 def test_chain_numbers_do_not_depend_on_the_batch():

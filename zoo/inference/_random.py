@@ -47,13 +47,27 @@ class ChainRandom:
     def normal(self, counter, n: int, dtype=torch.float64) -> torch.Tensor:
         """Standard normals shaped as ``uniform``'s (Box-Muller on two columns of uniforms each): drawn at
         many counters in one call, each is the number drawn at its counter alone."""
-        u = self.uniform(counter, 2 * n, torch.float64)
-        return (torch.sqrt(-2 * torch.log(u[..., :n])) * torch.cos(2 * math.pi * u[..., n:])).to(dtype)
+        return box_muller(self.uniform(counter, 2 * n, torch.float64), dtype)
+
+    def normal_per_chain(self, counter: torch.Tensor, n: int, dtype=torch.float64) -> torch.Tensor:
+        """(C, *S, n) standard normals, chain c's at its own counters ``counter[c]`` (shape S): the numbers
+        ``normal`` draws there."""
+        columns = torch.arange(1, 2 * n + 1, dtype=torch.int64, device=self.keys.device)
+        return box_muller(uniforms(self.keys, counter, columns.expand(*counter.shape, -1), per_chain=True), dtype)
 
 
-def uniforms(keys: torch.Tensor, counter: torch.Tensor, columns: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
+def box_muller(u: torch.Tensor, dtype) -> torch.Tensor:
+    """Standard normals from 2n columns of uniforms: n of them."""
+    n = u.shape[-1] // 2
+    return (torch.sqrt(-2 * torch.log(u[..., :n])) * torch.cos(2 * math.pi * u[..., n:])).to(dtype)
+
+
+def uniforms(keys: torch.Tensor, counter: torch.Tensor, columns: torch.Tensor, dtype=torch.float64,
+             per_chain: bool = False) -> torch.Tensor:
     """(C, *S, m) uniforms in (0, 1) of the chains with ``keys`` at int64 counters of shape S and ``columns``
-    (numbered from 1) of shape (*S, m): tensor code only, so that a compiled step can draw its own."""
-    start = _mix(keys.view(-1, *[1] * counter.dim()) + _mix(counter))
+    (numbered from 1) of shape (*S, m): tensor code only, so that a compiled step can draw its own.
+    ``per_chain``: the counters are (C, *S), each chain's own, and the columns (C, *S, m)."""
+    shape = counter.shape[1:] if per_chain else counter.shape
+    start = _mix(keys.view(-1, *[1] * len(shape)) + _mix(counter))
     bits = _shift_right(_mix(start.unsqueeze(-1) + columns * _GOLDEN), 11)  # the top 53 bits
     return ((bits.to(torch.float64) + 0.5) * 2.0**-53).to(dtype)

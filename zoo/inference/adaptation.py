@@ -3,7 +3,6 @@ mass matrix estimated over doubling windows, from each chain's draws or from all
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -48,15 +47,21 @@ class DualAveraging:
         self.log_step = step_size.log()
         self.log_step_avg = torch.zeros_like(self.log_step)
         self.h_avg = torch.zeros_like(self.log_step)
-        self.t = 0
+        self.t = torch.zeros_like(self.log_step)  # updates per chain since the restart
 
-    def update(self, acceptance: torch.Tensor) -> None:
-        self.t += 1
-        eta = 1.0 / (self.t + self.t0)
-        self.h_avg = (1 - eta) * self.h_avg + eta * (self.target - acceptance.nan_to_num(0.0))
-        self.log_step = self.mu - math.sqrt(self.t) / self.gamma * self.h_avg
-        weight = self.t ** -self.kappa
-        self.log_step_avg = weight * self.log_step + (1 - weight) * self.log_step_avg
+    def update(self, acceptance: torch.Tensor, chains: torch.Tensor | None = None) -> None:
+        """One iteration's acceptance rates; of the ``chains`` (a mask) alone if given."""
+        t = self.t + (1 if chains is None else chains)
+        eta = 1.0 / (t + self.t0)
+        h_avg = (1 - eta) * self.h_avg + eta * (self.target - acceptance.nan_to_num(0.0))
+        log_step = self.mu - t.sqrt() / self.gamma * h_avg
+        weight = t.clamp(min=1) ** -self.kappa
+        log_step_avg = weight * log_step + (1 - weight) * self.log_step_avg
+        if chains is not None:
+            h_avg, log_step, log_step_avg = (torch.where(chains, new, old) for new, old in
+                                             ((h_avg, self.h_avg), (log_step, self.log_step),
+                                              (log_step_avg, self.log_step_avg)))
+        self.t, self.h_avg, self.log_step, self.log_step_avg = t, h_avg, log_step, log_step_avg
 
     @property
     def step_size(self) -> torch.Tensor:
@@ -74,19 +79,22 @@ class MassEstimate:
     def __init__(self, chains: int, dim: int, dense: bool, pooled: bool, like: torch.Tensor, pool=None):
         self.dense, self.pooled = dense, pooled
         self.pool = pool  # per-chain tensors -> the same of every process's chains (torchrun), for pooling
-        self.count = 0
+        self.count = like.new_zeros(chains, 1)  # draws added, per chain
         self.mean = like.new_zeros(chains, dim)
         self.m2 = like.new_zeros(chains, dim, dim) if dense else like.new_zeros(chains, dim)
 
-    def add(self, z: torch.Tensor) -> None:
-        self.count += 1
-        delta = z - self.mean
-        self.mean = self.mean + delta / self.count
+    def add(self, z: torch.Tensor, chains: torch.Tensor | None = None) -> None:
+        """Each chain's point; of the ``chains`` (a mask) alone if given."""
+        added = 1 if chains is None else chains.unsqueeze(-1).to(z.dtype)
+        self.count = self.count + added
+        delta = (z - self.mean) * added
+        self.mean = self.mean + delta / self.count.clamp(min=1)
         after = z - self.mean
         self.m2 = self.m2 + (delta.unsqueeze(-1) * after.unsqueeze(-2) if self.dense else delta * after)
 
     def inverse_mass(self) -> torch.Tensor:
-        n, m2 = self.count, self.m2
+        """Called where every chain has added as many points (the end of a window)."""
+        n, m2 = int(self.count.max()), self.m2
         if self.pooled:  # the chains' sums of squares plus their means' spread, for every chain alike
             mean, every = self.pool(self.mean, m2) if self.pool else (self.mean, m2)
             spread = mean - mean.mean(0)

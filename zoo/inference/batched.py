@@ -117,6 +117,34 @@ def identity_metric(point: Point, dense: bool) -> Metric:
     return Metric(eye.expand(chains, dim, dim) if dense else torch.ones_like(point.z))
 
 
+class Kept:
+    """Each chain's draws and per-draw stats in the order that chain made them (chains may finish their
+    iterations at different times), handed back as the first n of every chain, where all have n."""
+
+    def __init__(self, rows: int):
+        self.rows, self.values, self.count = rows, {}, None
+
+    def put(self, values: dict[str, torch.Tensor], chains: torch.Tensor | None = None) -> None:
+        """Append each chain's values (C, ...) to its rows; of the ``chains`` (a mask) alone if given."""
+        first = next(iter(values.values()))
+        if self.count is None:
+            self.count = torch.zeros(first.shape[0], dtype=torch.long, device=first.device)
+        row = self.count if chains is None else torch.where(chains, self.count, self.rows)
+        index = torch.arange(first.shape[0], device=first.device)
+        for name, value in values.items():
+            if name not in self.values:  # one row past the end takes the values of chains not kept
+                self.values[name] = value.new_zeros(value.shape[0], self.rows + 1, *value.shape[1:])
+            self.values[name][index, row] = value.detach()
+        self.count = self.count + (1 if chains is None else chains)
+
+    def complete(self) -> int:
+        """Draws that every chain has."""
+        return 0 if self.count is None else int(self.count.min())
+
+    def first(self, n: int) -> dict[str, torch.Tensor]:
+        return {name: value[:, :n] for name, value in self.values.items()}
+
+
 class ChainRun(ABC):
     """The state of a batched run between iterations: each chain's point, the metric and its windowed
     estimate (Stan's schedule), the draws and per-draw stats kept after warmup. Subclasses make the move."""
@@ -149,8 +177,7 @@ class ChainRun(ABC):
         self.auto, self.compiled_from, self.checked = density == "auto", None, (0, 0)
         self.windows, self.window = warmup_windows(num_warmup), 0
         self.mass = MassEstimate(*self.point.z.shape, dense_mass, pooled_mass, self.point.z, self.pool)
-        self.draws: list[torch.Tensor] = []
-        self.stats: dict[str, list[torch.Tensor]] = {k: [] for k in self.stat_names}
+        self.kept = Kept(num_samples)
         self.leapfrogs = torch.zeros(self.point.z.shape[0], dtype=torch.long, device=self.point.z.device)
         self.step_size = self.search_step_size(torch.ones_like(self.point.logp), 0)
         self.normals, self.normals_from = None, None
@@ -173,10 +200,9 @@ class ChainRun(ABC):
             self.normals, self.normals_from = self.random.normal(counters, dim, self.point.z.dtype), first
         return self.metric.momentum(self.normals[:, t - first])
 
-    def keep(self, stats: dict[str, torch.Tensor]) -> None:
-        self.draws.append(self.point.z.detach())
-        for name in self.stat_names:
-            self.stats[name].append(stats[name].detach())
+    def keep(self, stats: dict[str, torch.Tensor], chains: torch.Tensor | None = None) -> None:
+        """The chains' points and stats as their next draw; of the ``chains`` (a mask) alone if given."""
+        self.kept.put({"z": self.point.z, **{name: stats[name] for name in self.stat_names}}, chains)
 
     def new_metric(self, t: int) -> bool:
         """Add this warmup iteration's points to the window's estimate; at a window's end, the metric
@@ -188,10 +214,14 @@ class ChainRun(ABC):
             self.mass.add(self.point.z.detach())
         if t + 1 != end:
             return False
+        self.switch_metric()
+        return True
+
+    def switch_metric(self) -> None:
+        """The metric from the window's estimate, and the next window's estimate begun."""
         self.metric = Metric(self.mass.inverse_mass())
         self.mass = MassEstimate(*self.point.z.shape, self.dense_mass, self.pooled_mass, self.point.z, self.pool)
         self.window += 1
-        return True
 
     def search_step_size(self, step: torch.Tensor, t: int) -> torch.Tensor:
         """Stan's heuristic start for dual averaging: double or halve each chain's step size until the
@@ -233,16 +263,16 @@ class ChainRun(ABC):
         status = run_steps(self.num_warmup + self.num_samples, self._step, self.name, problem.progress,
                            postfix=self.postfix)
         seconds = time.perf_counter() - start
-        if not self.draws:
+        drawn = self.kept.complete()
+        if not drawn:
             raise ZooError(f"{self.name}: interrupted before the first draw after warmup; nothing to keep")
         if status.interrupted:
-            status.interrupted = (f"{self.name}: interrupted after {len(self.draws)} of {self.num_samples} "
-                                  "draws per chain; kept them")
-        # (chain, draw, D), every process's chains
-        theta, leapfrogs, *stats = self.pool(torch.stack(self.draws, 1), self.leapfrogs,
-                                             *(torch.stack(v, 1) for v in self.stats.values()))
+            status.interrupted = (f"{self.name}: interrupted after {drawn} of {self.num_samples} "
+                                  "draws per chain (as many as every chain had); kept them")
+        kept = self.kept.first(drawn)  # (chain, draw, ...), every process's chains
+        theta, leapfrogs, *stats = self.pool(kept["z"], self.leapfrogs, *(kept[n] for n in self.stat_names))
         samples = {n: v.detach() for n, v in self.chains.latents.constrain(theta).items()}
-        stats = dict(zip(self.stats, stats, strict=True))
+        stats = dict(zip(self.stat_names, stats, strict=True))
         status.warnings += self.collapsed_step_sizes()
         return FitResult(samples, status=status, sample_stats=stats,
                          info={"density": self.mode,
@@ -256,7 +286,7 @@ class ChainRun(ABC):
 
         step = self.step_size.expand(self.point.z.shape[0])
         low = (step < STEP_SIZE_MIN).nonzero().flatten().tolist()
-        if not low or not self.draws:
+        if not low or not self.kept.complete():
             return []
         listed = ", ".join(f"{c} ({float(step[c]):.2g})" for c in low[:5])
         return [f"{self.name}: the step size of chain{'s' * (len(low) > 1)} {listed} collapsed during warmup "

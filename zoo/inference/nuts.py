@@ -11,8 +11,8 @@ import torch
 from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
-from .batched import ChainRun, Chains, check_chain_options, start_chains
-from .trajectory import SLOTS, example_leaves, first_tree, grow_leaves, nuts_transition
+from .batched import MOMENTA_BLOCK, ChainRun, Chains, check_chain_options, start_chains
+from .trajectory import SLOTS, Transition, advance, example_advance, first_tree, schedule
 
 
 @register_backend
@@ -73,7 +73,10 @@ class NUTS:
 
 
 class _NUTSRun(ChainRun):
-    """Per-chain step sizes by dual averaging, restarted at each new metric."""
+    """Each chain grows its own trajectory and starts its next as soon as the host has taken the last, so a
+    batch waits on its slowest chain only at the warmup's window ends (the pooled metric), at the warmup's
+    end and at the run's end, not at every iteration. Per-chain step sizes by dual averaging, restarted at
+    each new metric."""
 
     name = "nuts"
     stat_names = ("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate", "lp")
@@ -85,37 +88,80 @@ class _NUTSRun(ChainRun):
         self.adapt = DualAveraging(config.target_accept, self.step_size.log())
         self.depth = torch.zeros(1, dtype=torch.long)
         self.tree = first_tree(self.point, config.max_tree_depth)
+        self.pos = torch.full_like(self.leapfrogs, -1)  # each chain's next leaf; -1: its next transition's start
+        self.done = torch.zeros_like(self.leapfrogs)  # transitions each chain has finished
+        self.barriers = sorted({end for _, end in self.windows} | {self.num_warmup, self.num_warmup + num_samples})
+        self.table = schedule(config.max_tree_depth, self.point.z.device)
+        self.normals, self.normals_first, self.calls = None, self.done, 0
+        self.r0 = self._momenta(torch.ones_like(self.done, dtype=torch.bool), None)
 
     def step(self, t: int) -> None:
-        c = self.config
-        self.tree, moved = nuts_transition(self.tree, self.step_size, self.metric, self.momentum(t), self.move,
-                                           self.random.keys, t, c.max_tree_depth)
-        self.point = moved.point
-        self.depth = moved.tree_depth  # read (a host sync) only when the progress bar shows it
-        self.leapfrogs += moved.n_steps.long()
-        if t >= c.num_warmup:
-            self.keep(dict(diverging=moved.diverging, tree_depth=moved.tree_depth, n_steps=moved.n_steps,
-                           energy=moved.energy, step_size=self.step_size, acceptance_rate=moved.acceptance_rate,
-                           lp=moved.point.logp))
-            return
-        self.adapt.update(moved.acceptance_rate)
-        self.step_size = self.adapt.step_size
-        if self.new_metric(t):  # Stan: a new metric, a new step-size search, dual averaging restarted
+        """Leaves of every chain's trajectory until each has finished transition t; a chain ahead goes on
+        up to the next barrier."""
+        barrier = next(b for b in self.barriers if b > t)
+        while True:
+            parked = self.done >= barrier
+            self.tree, self.pos, finished, moved = self.move(self.tree, self.pos, parked, self.step_size,
+                                                      self.metric.inverse_mass, self.r0, self.random.keys,
+                                                      self.done * SLOTS, self.table)
+            self.calls += 1
+            if bool(finished.any()):  # the one host sync of a call
+                self._take(finished, moved, warmup=t < self.num_warmup)
+                if int(self.done.min()) > t:
+                    break
+        if self.window < len(self.windows) and t + 1 == self.windows[self.window][1]:
+            # Stan: a new metric, a new step-size search, dual averaging restarted
+            self.switch_metric()
             self.step_size = self.search_step_size(self.step_size, t + 1)
             self.adapt.restart(self.step_size)
-        if t + 1 == c.num_warmup:
-            self.step_size = self.adapt.final_step_size
+            self.r0 = self._momenta(torch.ones_like(self.done, dtype=torch.bool), None)
+
+    def _momenta(self, chains: torch.Tensor, r0: torch.Tensor | None) -> torch.Tensor:
+        """The momenta of the next transition of the ``chains`` (a mask), under the current metric; ``r0``
+        elsewhere. Each chain's normals are drawn for a block of its next transitions at once (a chain
+        finishes at most one per call), and here rather than in the compiled step: inductor's C++ code got
+        the hash of a row of more than 16 columns wrong past the 16th (torch 2.13)."""
+        count, dim = self.point.z.shape
+        block = max(1, min(MOMENTA_BLOCK, 2**22 // (count * dim)))
+        if self.normals is None or self.calls >= block:
+            self.normals_first, self.calls = self.done, 0
+            counters = (self.done.unsqueeze(-1) + torch.arange(block, device=self.done.device)) * SLOTS
+            self.normals = self.random.normal_per_chain(counters, dim, self.point.z.dtype)  # (C, block, D)
+        index = torch.arange(count, device=self.done.device)
+        momenta = self.metric.momentum(self.normals[index, self.done - self.normals_first])
+        return momenta if r0 is None else torch.where(chains.unsqueeze(-1), momenta, r0)
+
+    def _take(self, finished: torch.Tensor, moved: Transition, warmup: bool) -> None:
+        """The transitions of the ``finished`` chains: kept after warmup, adapted to during it."""
+        k = self.done
+        self.point = self.tree.proposal.where(finished, self.point)
+        self.depth = moved.tree_depth  # read (a host sync) only when the progress bar shows it
+        self.leapfrogs = self.leapfrogs + torch.where(finished, moved.n_steps, 0)
+        self.done = k + finished
+        self.pos = torch.where(finished, -1, self.pos)
+        self.r0 = self._momenta(finished, self.r0)
+        if not warmup:
+            self.keep(dict(diverging=moved.diverging, tree_depth=moved.tree_depth, n_steps=moved.n_steps,
+                           energy=moved.energy, step_size=self.step_size, acceptance_rate=moved.acceptance_rate,
+                           lp=self.point.logp), finished)
+            return
+        self.adapt.update(moved.acceptance_rate, finished)
+        self.step_size = torch.where(finished, self.adapt.step_size, self.step_size)
+        if self.window < len(self.windows):
+            start, end = self.windows[self.window]
+            self.mass.add(self.point.z.detach(), finished & (k >= start) & (k < end))
+        self.step_size = torch.where(finished & (k + 1 == self.num_warmup), self.adapt.final_step_size,
+                                     self.step_size)
 
     def bind_move(self, compiled: bool):
-        """A run of leaves of the trajectory for all chains; ``compiled``: the leapfrog steps, the tree's
-        bookkeeping and the traced density as one graph, which serves every run of a tree (all one length)."""
+        """LEAVES_PER_CALL leaves of every chain's trajectory; ``compiled``: the leapfrog steps, the trees'
+        bookkeeping and the traced density as one graph."""
         chains = self.chains
         if not compiled:
-            return chains.bind(grow_leaves)
-        example = example_leaves(chains.point, self.metric.inverse_mass, chains.random.keys,
-                                 self.config.max_tree_depth)
+            return chains.bind(advance)
+        example = example_advance(chains.point, self.metric, chains.random.keys, self.config.max_tree_depth)
         # the new point is checked; the energy error, a difference of large numbers, differs by rounding
-        return chains.bind(grow_leaves, example, lambda tree: tree.sub.last)
+        return chains.bind(advance, example, lambda out: out[0].sub.last)
 
     def postfix(self) -> dict:
         return {"step": f"{float(self.step_size.mean()):.3g}", "depth": int(self.depth.max())}

@@ -1,12 +1,13 @@
-"""One NUTS transition for C chains at once, as tensor code over (C, D) positions.
+"""NUTS transitions for C chains at once, as tensor code over (C, D) positions.
 
-The iterative, unrolled design of TensorFlow Probability's ``NoUTurnSampler``: every chain doubles its
-trajectory in lockstep and a chain that has stopped is masked rather than waited for. The trajectory is
-a sequence of leaves (leapfrog steps); where a leaf falls in its tree (which doubling, which checkpoints
-it stores and checks, whether it opens or closes a doubling) is the same for every chain, so it is
-given as tensors and one step of compiled code grows a run of leaves whatever their place: a doubling's
-start (its direction, its edge) and end (the merge into the tree, the U-turn check over the whole
-trajectory) happen inside the run. The only host sync is "has every chain stopped?" after each run.
+The iterative, unrolled design of TensorFlow Probability's ``NoUTurnSampler``, without its lockstep: each
+chain is at its own leaf (leapfrog step) of its own transition. Where a leaf falls in its tree (which
+doubling, which checkpoints it stores and checks, whether it opens or closes a doubling) is a row of one
+table, gathered per chain, so one step of compiled code grows a run of leaves of every chain wherever
+each is: a doubling's start (its direction, its edge) and end (the merge into the tree, the U-turn check
+over the whole trajectory) happen inside the run. A chain whose trajectory has ended waits only for the
+run's end, where the host takes its transition and it starts the next, not for the batch's slowest
+chain. The only host sync is "has any chain finished?" after each run.
 
 Within a doubling of 2^d leapfrog steps the proposal is drawn multinomially (progressive uniform sampling
 over the leaves), the generalised U-turn criterion is checked at each completed sub-subtree through
@@ -18,7 +19,6 @@ replaces the proposal with probability min(1, w_new / w_old) (biased progressive
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -28,7 +28,7 @@ from ._random import uniforms
 
 MAX_ENERGY_ERROR = 1000.0
 SLOTS = 64  # random-counter slots per transition: the momentum, then one per doubling
-LEAVES_PER_CALL = 8  # leapfrog steps per call of the compiled step (a power of 2): they share its fixed cost
+LEAVES_PER_CALL = 8  # leaves per chain per call of the compiled step: they share its fixed cost
 
 
 class Point(NamedTuple):
@@ -59,15 +59,18 @@ class Metric:
     def __init__(self, inverse_mass: torch.Tensor):
         self.inverse_mass = inverse_mass.contiguous()  # as every later one is laid out: no recompiled leaf
         if inverse_mass.dim() == 3:  # inverse mass = L L^T; a momentum L^-T e has covariance M
-            self.cholesky = torch.linalg.cholesky(inverse_mass)
+            eye = torch.eye(inverse_mass.shape[-1], dtype=inverse_mass.dtype, device=inverse_mass.device)
+            cholesky = torch.linalg.cholesky(inverse_mass)
+            self.momentum_factor = torch.linalg.solve_triangular(cholesky.mT, eye, upper=True).contiguous()
+        else:
+            self.momentum_factor = inverse_mass.rsqrt().contiguous()
 
     def kinetic(self, r: torch.Tensor) -> torch.Tensor:
         return kinetic(self.inverse_mass, r)
 
     def momentum(self, normal: torch.Tensor) -> torch.Tensor:
-        if self.inverse_mass.dim() == 3:
-            return torch.linalg.solve_triangular(self.cholesky.mT, normal.unsqueeze(-1), upper=True).squeeze(-1)
-        return normal / self.inverse_mass.sqrt()
+        """Momenta with covariance M from standard normals (C, D)."""
+        return velocity(self.momentum_factor, normal)  # the factor applied as M^-1 is in a velocity
 
 
 Density = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # z (C, D) -> log p (C), grad (C, D)
@@ -100,10 +103,10 @@ def _checkpoints(leaf: int) -> tuple[int, int]:
 
 
 class Schedule(NamedTuple):
-    """Where each leaf of a run falls in the trajectory, one row per leaf: the random counter of its
-    doubling (an offset from the transition's) and the three columns it draws, whether it is a leaf of the
-    tree at all, whether it opens or closes its doubling, and which checkpoint slots it stores (even leaves of
-    a doubling) and checks against (odd ones)."""
+    """Where each leaf falls in the trajectory, one row per leaf (or per chain, each at its own leaf): the
+    random counter of its doubling (an offset from the transition's) and the three columns it draws, whether
+    it opens or closes its doubling, and which checkpoint slots it stores (even leaves of a doubling) and
+    checks against (odd ones)."""
 
     counter: torch.Tensor
     columns: torch.Tensor
@@ -113,43 +116,32 @@ class Schedule(NamedTuple):
     store: torch.Tensor
     check: torch.Tensor
 
-    @property
-    def begins(self) -> torch.Tensor:
-        """Whether the run starts a transition: its first leaf is the padding leaf, the one leaf not live."""
-        return ~self.live[0]
-
-
-@lru_cache(maxsize=1024)
-def schedule(first: int, leaves: int, slots: int, device: torch.device) -> Schedule:
-    """The schedule of the trajectory's leaves ``first .. first + leaves - 1``. Doubling d is leaves
-    2^d - 1 .. 2^(d+1) - 2; it draws at counter offset 1 + d: column 1 its direction, column 2 the
-    acceptance of its subtree, column 3 + j the proposal test of its leaf j. Leaf -1 is no leaf: it pads a
-    run, and changes nothing."""
-    index = torch.arange(slots)
-    none = torch.zeros(slots, dtype=torch.bool)
-    rows = []
-    for leaf in range(first, first + leaves):
-        depth = max(leaf + 1, 1).bit_length() - 1
-        j = max(leaf, 0) + 1 - 2**depth
-        low, high = _checkpoints(j)
-        rows.append((1 + depth, (1, 2, 3 + j), leaf >= 0, leaf >= 0 and j == 0, leaf >= 0 and j == 2**depth - 1,
-                     index == high if leaf >= 0 and j % 2 == 0 else none,
-                     (index >= low) & (index <= high) if j % 2 else none))
-    counter, columns, live, opens, closes, store, check = zip(*rows, strict=True)
-    flags = (torch.tensor(f, device=device) for f in (counter, columns, live, opens, closes))
-    return Schedule(*flags, torch.stack(store).to(device), torch.stack(check).to(device))
+    def at(self, leaf: torch.Tensor, going: torch.Tensor) -> Schedule:
+        """Each chain's row at its ``leaf`` (C,); a chain not ``going`` is at no leaf, and changes nothing."""
+        rows = Schedule(*(a[leaf] for a in self))
+        mask = going.unsqueeze(-1)
+        return rows._replace(live=going, opens=rows.opens & going, closes=rows.closes & going, store=rows.store & mask,
+                             check=rows.check & mask)
 
 
 @lru_cache(maxsize=64)
-def leaf_runs(max_tree_depth: int) -> tuple[tuple[int, int], ...]:
-    """(first leaf, leaves) of each call: LEAVES_PER_CALL at a time (all of a smaller tree), so that one
-    compiled step serves every run. The first run starts at the padding leaf -1, where the transition
-    begins, so that every doubling from LEAVES_PER_CALL leaves on starts a run (and the host can stop at its
-    end)."""
-    total = 2**max_tree_depth - 1
-    if total < LEAVES_PER_CALL:
-        return ((-1, total + 1),)
-    return tuple((first, LEAVES_PER_CALL) for first in range(-1, total, LEAVES_PER_CALL))
+def schedule(max_tree_depth: int, device: torch.device) -> Schedule:
+    """The schedule of a whole trajectory, leaves 0 .. 2^max_tree_depth - 2. Doubling d is leaves
+    2^d - 1 .. 2^(d+1) - 2; it draws at counter offset 1 + d: column 1 its direction, column 2 the
+    acceptance of its subtree, column 3 + j the proposal test of its leaf j."""
+    slots = subtree_slots(max_tree_depth)
+    index = torch.arange(slots)
+    none = torch.zeros(slots, dtype=torch.bool)
+    rows = []
+    for leaf in range(2**max_tree_depth - 1):
+        depth = (leaf + 1).bit_length() - 1
+        j = leaf + 1 - 2**depth
+        low, high = _checkpoints(j)
+        rows.append((1 + depth, (1, 2, 3 + j), True, j == 0, j == 2**depth - 1,
+                     index == high if j % 2 == 0 else none, (index >= low) & (index <= high) if j % 2 else none))
+    counter, columns, live, opens, closes, store, check = zip(*rows, strict=True)
+    flags = (torch.tensor(f, device=device) for f in (counter, columns, live, opens, closes))
+    return Schedule(*flags, torch.stack(store).to(device), torch.stack(check).to(device))
 
 
 def subtree_slots(max_tree_depth: int) -> int:
@@ -209,12 +201,16 @@ def restart(tree: Tree, r0: torch.Tensor, inverse_mass: torch.Tensor) -> Tree:
     """A new trajectory from each chain's point (the last one's proposal) with momenta ``r0``."""
     point = tree.proposal
     start = Point(point.z, r0, point.logp, point.grad)
-    return start_tree(start, -point.logp + kinetic(inverse_mass, r0), tree.sub.saved_r.shape[0])
+    fresh = start_tree(start, -point.logp + kinetic(inverse_mass, r0), tree.sub.saved_r.shape[0])
+    # a doubling stores every checkpoint it checks before it checks it: the old ones need no reset
+    saved = tree.sub
+    return fresh._replace(sub=fresh.sub._replace(saved_r=saved.saved_r, saved_v=saved.saved_v,
+                                                 saved_sum=saved.saved_sum))
 
 
 def grow(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, u: torch.Tensor, at: Schedule,
          density: Density) -> Tree:
-    """One more leaf of every chain's trajectory, where ``at`` (one row of a Schedule) puts it: a new
+    """One more leaf of every chain's trajectory, where ``at`` (each chain's row of a Schedule) puts it: a new
     doubling's start, a leapfrog step, multinomial sampling of the proposal, the U-turn checks at the
     checkpoints the leaf closes, and at a doubling's end its merge into the tree. ``u`` (C, 3): the
     uniforms of its columns. A chain that has stopped keeps its tree."""
@@ -234,12 +230,12 @@ def grow(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, u: tor
     total = torch.logaddexp(sub_weight, -error)
     sub_proposal = new.where(alive & (u[:, 2].log() < -error - total), sub.proposal)
     sub_r_sum = torch.where(alive.unsqueeze(-1), sub_r_sum + new.r, sub_r_sum)
-    put = at.store.view(-1, 1, 1)
+    put = at.store.mT.unsqueeze(-1).contiguous()  # (slots, C, 1), laid out so that the checkpoints stay as they are
     saved_r = torch.where(put, new.r, sub.saved_r)
     saved_v = torch.where(put, v, sub.saved_v)
     saved_sum = torch.where(put, sub_r_sum, sub.saved_sum)
     span = sub_r_sum - saved_sum + saved_r  # (slots, C, D): the momenta of each sub-subtree this leaf closes
-    turned = (is_turning(saved_v, v, span) & at.check.view(-1, 1)).any(0)
+    turned = (is_turning(saved_v, v, span) & at.check.mT).any(0)
     invalid = invalid | (alive & turned) | diverged
     last = new.where(alive, last)
     sub_weight = torch.where(alive, total, sub_weight)
@@ -270,41 +266,52 @@ def _where(mask: torch.Tensor, a, b):
     return type(a)(*(_where(mask, x, y) for x, y in zip(a, b, strict=True)))
 
 
-def grow_leaves(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, r0: torch.Tensor,
-                keys: torch.Tensor, base: torch.Tensor, run: Schedule, density: Density) -> Tree:
-    """A run of leaves (the rows of ``run``) in one call: compiled, one launch runs several leapfrog steps
-    and the doublings' bookkeeping between them, and the call's fixed cost is shared by them. The first
-    run of a transition restarts the tree from the chains' points with momenta ``r0``."""
-    tree = _where(run.begins, restart(tree, r0, inverse_mass), tree)
-    u = uniforms(keys, base + run.counter, run.columns, tree.log_weight.dtype)  # (C, leaves, 3)
-    for leaf in range(run.counter.shape[0]):
-        tree = grow(tree, step_size, inverse_mass, u[:, leaf], Schedule(*(a[leaf] for a in run)), density)
-    return tree
+def advance(tree: Tree, pos: torch.Tensor, parked: torch.Tensor, step_size: torch.Tensor,
+            inverse_mass: torch.Tensor, r0: torch.Tensor, keys: torch.Tensor, base: torch.Tensor,
+            table: Schedule, density: Density) -> tuple[Tree, torch.Tensor, torch.Tensor, Transition]:
+    """LEAVES_PER_CALL leaves of every chain's own trajectory in one call: compiled, one launch runs several
+    leapfrog steps and the doublings' bookkeeping between them, and the call's fixed cost is shared by them.
+
+    Each chain is at its own leaf ``pos`` of its own transition (number ``base`` / SLOTS). One at leaf -1 and
+    not ``parked`` starts a transition: its tree restarted at its point with momenta ``r0``. A chain
+    whose trajectory has ended (it turned, diverged, or reached the deepest tree) stops there for the host
+    to take. Returns the trees, each chain's next leaf, which chains have finished a transition, and what
+    it took (for those)."""
+    begins = (pos < 0) & ~parked
+    tree = _where(begins, restart(tree, r0, inverse_mass), tree)
+    pos = torch.where(begins, 0, pos)
+    last = table.counter.shape[0]  # leaves of the deepest tree
+    leaves = (pos.unsqueeze(-1) + torch.arange(LEAVES_PER_CALL, device=pos.device)).clamp(max=last - 1)
+    u = uniforms(keys, base.unsqueeze(-1) + table.counter[leaves], table.columns[leaves], tree.r_sum.dtype,
+                 per_chain=True)  # (C, leaves, 3): a chain that stops draws numbers it does not use
+    for leaf in range(LEAVES_PER_CALL):
+        going = _growing(tree, pos, parked, last)
+        tree = grow(tree, step_size, inverse_mass, u[:, leaf], table.at(pos.clamp(max=last - 1), going), density)
+        pos = pos + going
+    return tree, pos, ~parked & ~_growing(tree, pos, parked, last), transition(tree, inverse_mass)
+
+
+def _growing(tree: Tree, pos: torch.Tensor, parked: torch.Tensor, last: int) -> torch.Tensor:
+    return ~parked & (pos < last) & tree.active & ~tree.sub.invalid
 
 
 def first_tree(point: Point, max_tree_depth: int) -> Tree:
-    """The tree every transition restarts from, at the chains' starting points."""
+    """The tree of chains that have not started, at their starting points."""
     return start_tree(point, torch.zeros_like(point.logp), subtree_slots(max_tree_depth))
 
 
-def example_leaves(point: Point, inverse_mass: torch.Tensor, keys: torch.Tensor, max_tree_depth: int) -> tuple:
-    """Arguments of the leaf step for a transition's first run, laid out as every later run's: what a
-    compiled run is traced at."""
-    first, leaves = leaf_runs(max_tree_depth)[0]
-    base = torch.zeros((), dtype=torch.int64, device=point.z.device)
-    return (first_tree(point, max_tree_depth), torch.full_like(point.logp, 1e-3), inverse_mass,
-            torch.ones_like(point.z), keys, base,
-            schedule(first, leaves, subtree_slots(max_tree_depth), point.z.device))
+def example_advance(point: Point, metric: Metric, keys: torch.Tensor, max_tree_depth: int) -> tuple:
+    """Arguments of ``advance`` for chains about to start, laid out as every later call's: what a compiled
+    call is traced at."""
+    start = torch.full_like(point.logp, -1, dtype=torch.long)
+    return (first_tree(point, max_tree_depth), start, torch.zeros_like(start, dtype=torch.bool),
+            torch.full_like(point.logp, 1e-3), metric.inverse_mass, torch.ones_like(point.z), keys,
+            torch.zeros_like(start), schedule(max_tree_depth, point.z.device))
 
 
-Grow = Callable[..., Tree]  # grow_leaves() with the density bound: eager, or compiled with it as one graph
+class Transition(NamedTuple):
+    """What each chain's last transition took (ArviZ's sample_stats names); its point is the tree's proposal."""
 
-
-@dataclass
-class Transition:
-    """Where each chain went, and what it took (ArviZ's sample_stats names)."""
-
-    point: Point
     diverging: torch.Tensor
     tree_depth: torch.Tensor
     n_steps: torch.Tensor
@@ -312,18 +319,9 @@ class Transition:
     acceptance_rate: torch.Tensor
 
 
-def nuts_transition(tree: Tree, step_size: torch.Tensor, metric: Metric, r0: torch.Tensor, grow_run: Grow,
-                    keys: torch.Tensor, counter: int, max_tree_depth: int) -> tuple[Tree, Transition]:
-    """One NUTS iteration of every chain from its point (the proposal of ``tree``, the last transition's)
-    with momenta ``r0``: the tree it grew, and the transition."""
-    slots, device = subtree_slots(max_tree_depth), r0.device
-    base = torch.tensor(counter * SLOTS, dtype=torch.int64, device=device)
-    for first, leaves in leaf_runs(max_tree_depth):
-        tree = grow_run(tree, step_size, metric.inverse_mass, r0, keys, base, schedule(first, leaves, slots, device))
-        if not bool((tree.active & ~tree.sub.invalid).any()):  # the one host sync of a run
-            # every chain stopped, some inside a doubling that then counts towards their depth
-            tree = tree._replace(depth=tree.depth + tree.active)
-            break
+def transition(tree: Tree, inverse_mass: torch.Tensor) -> Transition:
+    """The transition of chains whose trajectory has ended. One that stopped inside a doubling (its subtree
+    turned or diverged, and was rejected) counts that doubling in its depth."""
     proposal = tree.proposal
-    return tree, Transition(proposal, tree.diverging, tree.depth, tree.n_steps,
-                            -proposal.logp + metric.kinetic(proposal.r), tree.accept_sum / tree.n_steps.clamp(min=1))
+    return Transition(tree.diverging, tree.depth + (tree.active & tree.sub.invalid), tree.n_steps,
+                      -proposal.logp + kinetic(inverse_mass, proposal.r), tree.accept_sum / tree.n_steps.clamp(min=1))
