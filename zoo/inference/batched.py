@@ -122,19 +122,19 @@ class Kept:
     iterations at different times), handed back as the first n of every chain, where all have n."""
 
     def __init__(self, rows: int):
-        self.rows, self.values, self.count = rows, {}, None
+        self.rows, self.values, self.count, self.index = rows, {}, None, None
 
     def put(self, values: dict[str, torch.Tensor], chains: torch.Tensor | None = None) -> None:
         """Append each chain's values (C, ...) to its rows; of the ``chains`` (a mask) alone if given."""
         first = next(iter(values.values()))
         if self.count is None:
             self.count = torch.zeros(first.shape[0], dtype=torch.long, device=first.device)
+            self.index = torch.arange(first.shape[0], device=first.device)
         row = self.count if chains is None else torch.where(chains, self.count, self.rows)
-        index = torch.arange(first.shape[0], device=first.device)
         for name, value in values.items():
             if name not in self.values:  # one row past the end takes the values of chains not kept
                 self.values[name] = value.new_zeros(value.shape[0], self.rows + 1, *value.shape[1:])
-            self.values[name][index, row] = value.detach()
+            self.values[name][self.index, row] = value.detach()
         self.count = self.count + (1 if chains is None else chains)
 
     def complete(self) -> int:

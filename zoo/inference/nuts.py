@@ -92,7 +92,8 @@ class _NUTSRun(ChainRun):
         self.done = torch.zeros_like(self.leapfrogs)  # transitions each chain has finished
         self.barriers = sorted({end for _, end in self.windows} | {self.num_warmup, self.num_warmup + num_samples})
         self.table = schedule(config.max_tree_depth, self.point.z.device)
-        self.normals, self.normals_first, self.calls = None, self.done, 0
+        self.index = torch.arange(len(self.done), device=self.done.device)
+        self.block, self.block_first, self.calls = None, self.done, 0  # normals of each chain's next transitions
         self.r0 = self._momenta(torch.ones_like(self.done, dtype=torch.bool), None)
 
     def step(self, t: int) -> None:
@@ -119,22 +120,21 @@ class _NUTSRun(ChainRun):
     def _momenta(self, chains: torch.Tensor, r0: torch.Tensor | None) -> torch.Tensor:
         """The momenta of the next transition of the ``chains`` (a mask), under the current metric; ``r0``
         elsewhere. Each chain's normals are drawn for a block of its next transitions at once (a chain
-        finishes at most one per call), and here rather than in the compiled step: inductor's C++ code got
-        the hash of a row of more than 16 columns wrong past the 16th (torch 2.13)."""
+        finishes at most one per call), and here rather than in the compiled step: inductor's C++ code hashed
+        rows of 20 and 24 int64 columns wrongly past the 16th (torch 2.13; right for 3, 8, 16 and 32)."""
         count, dim = self.point.z.shape
         block = max(1, min(MOMENTA_BLOCK, 2**22 // (count * dim)))
-        if self.normals is None or self.calls >= block:
-            self.normals_first, self.calls = self.done, 0
+        if self.block is None or self.calls >= block:
+            self.block_first, self.calls = self.done, 0
             counters = (self.done.unsqueeze(-1) + torch.arange(block, device=self.done.device)) * SLOTS
-            self.normals = self.random.normal_per_chain(counters, dim, self.point.z.dtype)  # (C, block, D)
-        index = torch.arange(count, device=self.done.device)
-        momenta = self.metric.momentum(self.normals[index, self.done - self.normals_first])
+            self.block = self.random.normal_per_chain(counters, dim, self.point.z.dtype)  # (C, block, D)
+        momenta = self.metric.momentum(self.block[self.index, self.done - self.block_first])
         return momenta if r0 is None else torch.where(chains.unsqueeze(-1), momenta, r0)
 
     def _take(self, finished: torch.Tensor, moved: Transition, warmup: bool) -> None:
         """The transitions of the ``finished`` chains: kept after warmup, adapted to during it."""
         k = self.done
-        self.point = self.tree.proposal.where(finished, self.point)
+        self.point = self.tree.proposal  # a finished chain's point; read only for those (and all at a barrier)
         self.depth = moved.tree_depth  # read (a host sync) only when the progress bar shows it
         self.leapfrogs = self.leapfrogs + torch.where(finished, moved.n_steps, 0)
         self.done = k + finished
