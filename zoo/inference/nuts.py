@@ -12,7 +12,7 @@ from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
 from .batched import MOMENTA_BLOCK, ChainRun, Chains, check_chain_options, start_chains
-from .trajectory import SLOTS, Transition, advance, example_advance, first_tree, schedule
+from .trajectory import SLOTS, Momenta, Progress, Transition, advance, example_advance, first_tree, schedule
 
 
 @register_backend
@@ -83,63 +83,58 @@ class _NUTSRun(ChainRun):
 
     def __init__(self, config: NUTS, chains: Chains, num_samples: int):
         self.config = config
+        count, dim = chains.point.z.shape
+        # each chain's normals for its next `block` transitions (a chain finishes at most one per call)
+        self.block = max(1, min(MOMENTA_BLOCK, 2**22 // (count * dim)))
         super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, config.pooled_mass,
                          config.density)
         self.adapt = DualAveraging(config.target_accept, self.step_size.log())
         self.depth = torch.zeros(1, dtype=torch.long)
         self.tree = first_tree(self.point, config.max_tree_depth)
-        self.pos = torch.full_like(self.leapfrogs, -1)  # each chain's next leaf; -1: its next transition's start
-        self.done = torch.zeros_like(self.leapfrogs)  # transitions each chain has finished
+        none = torch.zeros_like(self.leapfrogs)
+        self.progress = Progress(none - 1, none, self.leapfrogs)
+        self.momenta = Momenta(self.metric.momentum_factor, self._normals(none), none)
+        self.calls = 0  # since the normals were drawn
         self.barriers = sorted({end for _, end in self.windows} | {self.num_warmup, self.num_warmup + num_samples})
         self.table = schedule(config.max_tree_depth, self.point.z.device)
-        self.index = torch.arange(len(self.done), device=self.done.device)
-        self.block, self.block_first, self.calls = None, self.done, 0  # normals of each chain's next transitions
-        self.r0 = self._momenta(torch.ones_like(self.done, dtype=torch.bool), None)
+
+    def _normals(self, first: torch.Tensor) -> torch.Tensor:
+        """Each chain's standard normals for its transitions ``first .. first + block - 1`` (C, block, D), drawn
+        here rather than in the compiled step: inductor's C++ code hashed rows of 20 and 24 int64 columns
+        wrongly past the 16th (torch 2.13; right for 3, 8, 16 and 32)."""
+        counters = (first.unsqueeze(-1) + torch.arange(self.block, device=first.device)) * SLOTS
+        return self.chains.random.normal_per_chain(counters, self.chains.point.z.shape[1],
+                                                   self.chains.point.z.dtype)
 
     def step(self, t: int) -> None:
         """Leaves of every chain's trajectory until each has finished transition t; a chain ahead goes on
         up to the next barrier."""
-        barrier = next(b for b in self.barriers if b > t)
+        barrier = torch.tensor(next(b for b in self.barriers if b > t), device=self.point.z.device)
         while True:
-            parked = self.done >= barrier
-            self.tree, self.pos, finished, moved = self.move(self.tree, self.pos, parked, self.step_size,
-                                                      self.metric.inverse_mass, self.r0, self.random.keys,
-                                                      self.done * SLOTS, self.table)
+            if self.calls == self.block:
+                done = self.progress.done
+                self.momenta, self.calls = self.momenta._replace(normals=self._normals(done), first=done), 0
+            self.tree, self.progress, finished, moved = self.move(
+                self.tree, self.progress, barrier, self.step_size, self.metric.inverse_mass, self.momenta,
+                self.random.keys, self.table)
             self.calls += 1
             if bool(finished.any()):  # the one host sync of a call
                 self._take(finished, moved, warmup=t < self.num_warmup)
-                if int(self.done.min()) > t:
+                if int(self.progress.done.min()) > t:
                     break
+        self.leapfrogs = self.progress.leapfrogs
         if self.window < len(self.windows) and t + 1 == self.windows[self.window][1]:
             # Stan: a new metric, a new step-size search, dual averaging restarted
             self.switch_metric()
+            self.momenta = self.momenta._replace(factor=self.metric.momentum_factor)
             self.step_size = self.search_step_size(self.step_size, t + 1)
             self.adapt.restart(self.step_size)
-            self.r0 = self._momenta(torch.ones_like(self.done, dtype=torch.bool), None)
-
-    def _momenta(self, chains: torch.Tensor, r0: torch.Tensor | None) -> torch.Tensor:
-        """The momenta of the next transition of the ``chains`` (a mask), under the current metric; ``r0``
-        elsewhere. Each chain's normals are drawn for a block of its next transitions at once (a chain
-        finishes at most one per call), and here rather than in the compiled step: inductor's C++ code hashed
-        rows of 20 and 24 int64 columns wrongly past the 16th (torch 2.13; right for 3, 8, 16 and 32)."""
-        count, dim = self.point.z.shape
-        block = max(1, min(MOMENTA_BLOCK, 2**22 // (count * dim)))
-        if self.block is None or self.calls >= block:
-            self.block_first, self.calls = self.done, 0
-            counters = (self.done.unsqueeze(-1) + torch.arange(block, device=self.done.device)) * SLOTS
-            self.block = self.random.normal_per_chain(counters, dim, self.point.z.dtype)  # (C, block, D)
-        momenta = self.metric.momentum(self.block[self.index, self.done - self.block_first])
-        return momenta if r0 is None else torch.where(chains.unsqueeze(-1), momenta, r0)
 
     def _take(self, finished: torch.Tensor, moved: Transition, warmup: bool) -> None:
         """The transitions of the ``finished`` chains: kept after warmup, adapted to during it."""
-        k = self.done
+        k = self.progress.done - finished.long()  # each one's number
         self.point = self.tree.proposal  # a finished chain's point; read only for those (and all at a barrier)
         self.depth = moved.tree_depth  # read (a host sync) only when the progress bar shows it
-        self.leapfrogs = self.leapfrogs + torch.where(finished, moved.n_steps, 0)
-        self.done = k + finished
-        self.pos = torch.where(finished, -1, self.pos)
-        self.r0 = self._momenta(finished, self.r0)
         if not warmup:
             self.keep(dict(diverging=moved.diverging, tree_depth=moved.tree_depth, n_steps=moved.n_steps,
                            energy=moved.energy, step_size=self.step_size, acceptance_rate=moved.acceptance_rate,
@@ -159,9 +154,11 @@ class _NUTSRun(ChainRun):
         chains = self.chains
         if not compiled:
             return chains.bind(advance)
-        example = example_advance(chains.point, self.metric, chains.random.keys, self.config.max_tree_depth)
-        # the new point is checked; the energy error, a difference of large numbers, differs by rounding
-        return chains.bind(advance, example, lambda out: out[0].sub.last)
+        example = example_advance(chains.point, self.metric, self.block, chains.random.keys,
+                                  self.config.max_tree_depth)
+        # the new point and the progress are checked; the energy error, a difference of large numbers, differs
+        # by rounding
+        return chains.bind(advance, example, lambda out: (out[0].sub.last, out[1], out[2]))
 
     def postfix(self) -> dict:
         return {"step": f"{float(self.step_size.mean()):.3g}", "depth": int(self.depth.max())}

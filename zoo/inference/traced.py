@@ -155,6 +155,8 @@ def keeps_ctrl_c() -> Iterator[None]:
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype:
+        return False
     if a.dtype == torch.bool:
         return torch.equal(a, b)
     finite = torch.isfinite(a)

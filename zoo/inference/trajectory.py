@@ -106,7 +106,8 @@ class Schedule(NamedTuple):
     """Where each leaf falls in the trajectory, one row per leaf (or per chain, each at its own leaf): the
     random counter of its doubling (an offset from the transition's) and the three columns it draws, whether
     it opens or closes its doubling, and which checkpoint slots it stores (even leaves of a doubling) and
-    checks against (odd ones)."""
+    checks against (odd ones): these two (slots, leaves), one column per leaf, laid out as the checkpoints
+    (slots, C, D) that they mask."""
 
     counter: torch.Tensor
     columns: torch.Tensor
@@ -118,10 +119,9 @@ class Schedule(NamedTuple):
 
     def at(self, leaf: torch.Tensor, going: torch.Tensor) -> Schedule:
         """Each chain's row at its ``leaf`` (C,); a chain not ``going`` is at no leaf, and changes nothing."""
-        rows = Schedule(*(a[leaf] for a in self))
-        mask = going.unsqueeze(-1)
-        return rows._replace(live=going, opens=rows.opens & going, closes=rows.closes & going, store=rows.store & mask,
-                             check=rows.check & mask)
+        rows = Schedule(*(a[leaf] for a in self[:-2]), self.store[:, leaf], self.check[:, leaf])
+        return rows._replace(live=going, opens=rows.opens & going, closes=rows.closes & going,
+                             store=rows.store & going, check=rows.check & going)
 
 
 @lru_cache(maxsize=64)
@@ -141,7 +141,7 @@ def schedule(max_tree_depth: int, device: torch.device) -> Schedule:
                      index == high if j % 2 == 0 else none, (index >= low) & (index <= high) if j % 2 else none))
     counter, columns, live, opens, closes, store, check = zip(*rows, strict=True)
     flags = (torch.tensor(f, device=device) for f in (counter, columns, live, opens, closes))
-    return Schedule(*flags, torch.stack(store).to(device), torch.stack(check).to(device))
+    return Schedule(*flags, torch.stack(store, 1).to(device), torch.stack(check, 1).to(device))
 
 
 def subtree_slots(max_tree_depth: int) -> int:
@@ -230,12 +230,12 @@ def grow(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, u: tor
     total = torch.logaddexp(sub_weight, -error)
     sub_proposal = new.where(alive & (u[:, 2].log() < -error - total), sub.proposal)
     sub_r_sum = torch.where(alive.unsqueeze(-1), sub_r_sum + new.r, sub_r_sum)
-    put = at.store.mT.unsqueeze(-1).contiguous()  # (slots, C, 1), laid out so that the checkpoints stay as they are
+    put = at.store.unsqueeze(-1)  # (slots, C, 1)
     saved_r = torch.where(put, new.r, sub.saved_r)
     saved_v = torch.where(put, v, sub.saved_v)
     saved_sum = torch.where(put, sub_r_sum, sub.saved_sum)
     span = sub_r_sum - saved_sum + saved_r  # (slots, C, D): the momenta of each sub-subtree this leaf closes
-    turned = (is_turning(saved_v, v, span) & at.check.mT).any(0)
+    turned = (is_turning(saved_v, v, span) & at.check).any(0)
     invalid = invalid | (alive & turned) | diverged
     last = new.where(alive, last)
     sub_weight = torch.where(alive, total, sub_weight)
@@ -266,29 +266,55 @@ def _where(mask: torch.Tensor, a, b):
     return type(a)(*(_where(mask, x, y) for x, y in zip(a, b, strict=True)))
 
 
-def advance(tree: Tree, pos: torch.Tensor, parked: torch.Tensor, step_size: torch.Tensor,
-            inverse_mass: torch.Tensor, r0: torch.Tensor, keys: torch.Tensor, base: torch.Tensor,
-            table: Schedule, density: Density) -> tuple[Tree, torch.Tensor, torch.Tensor, Transition]:
+class Progress(NamedTuple):
+    """Where each chain is: its next leaf (-1: its next transition's start), the transitions it has
+    finished, and its leapfrog steps so far."""
+
+    pos: torch.Tensor
+    done: torch.Tensor
+    leapfrogs: torch.Tensor
+
+
+class Momenta(NamedTuple):
+    """Each chain's standard normals for a block of its transitions from ``first`` (C, block, D), and the
+    factor that turns one into a momentum under the metric (``Metric.momentum_factor``)."""
+
+    factor: torch.Tensor
+    normals: torch.Tensor
+    first: torch.Tensor
+
+
+def advance(tree: Tree, progress: Progress, barrier: torch.Tensor, step_size: torch.Tensor,
+            inverse_mass: torch.Tensor, momenta: Momenta, keys: torch.Tensor, table: Schedule,
+            density: Density) -> tuple[Tree, Progress, torch.Tensor, Transition]:
     """LEAVES_PER_CALL leaves of every chain's own trajectory in one call: compiled, one launch runs several
     leapfrog steps and the doublings' bookkeeping between them, and the call's fixed cost is shared by them.
 
-    Each chain is at its own leaf ``pos`` of its own transition (number ``base`` / SLOTS). One at leaf -1 and
-    not ``parked`` starts a transition: its tree restarted at its point with momenta ``r0``. A chain
-    whose trajectory has ended (it turned, diverged, or reached the deepest tree) stops there for the host
-    to take. Returns the trees, each chain's next leaf, which chains have finished a transition, and what
-    it took (for those)."""
+    A chain at leaf -1 that has finished fewer than ``barrier`` transitions starts its next: its tree
+    restarted at its point with momenta from its normals. A chain whose trajectory ends (it turned,
+    diverged, or reached the deepest tree) stops there, counts the transition and goes back to leaf -1.
+    Returns the trees, the progress, which chains finished a transition, and what it took (for those: the
+    host takes them before the next call)."""
+    pos, done, leapfrogs = progress
+    parked = done >= barrier
     begins = (pos < 0) & ~parked
+    chain = torch.arange(pos.shape[0], device=pos.device)
+    r0 = velocity(momenta.factor, momenta.normals[chain, done - momenta.first])
     tree = _where(begins, restart(tree, r0, inverse_mass), tree)
     pos = torch.where(begins, 0, pos)
     last = table.counter.shape[0]  # leaves of the deepest tree
     leaves = (pos.unsqueeze(-1) + torch.arange(LEAVES_PER_CALL, device=pos.device)).clamp(max=last - 1)
-    u = uniforms(keys, base.unsqueeze(-1) + table.counter[leaves], table.columns[leaves], tree.r_sum.dtype,
-                 per_chain=True)  # (C, leaves, 3): a chain that stops draws numbers it does not use
+    u = uniforms(keys, (done * SLOTS).unsqueeze(-1) + table.counter[leaves], table.columns[leaves],
+                 tree.r_sum.dtype, per_chain=True)  # (C, leaves, 3): a chain that stops draws numbers it does not use
     for leaf in range(LEAVES_PER_CALL):
         going = _growing(tree, pos, parked, last)
         tree = grow(tree, step_size, inverse_mass, u[:, leaf], table.at(pos.clamp(max=last - 1), going), density)
         pos = pos + going
-    return tree, pos, ~parked & ~_growing(tree, pos, parked, last), transition(tree, inverse_mass)
+    finished = ~parked & ~_growing(tree, pos, parked, last)
+    moved = transition(tree, inverse_mass)
+    progress = Progress(torch.where(finished, -1, pos), done + finished,
+                        leapfrogs + torch.where(finished, moved.n_steps.long(), 0))
+    return tree, progress, finished, moved
 
 
 def _growing(tree: Tree, pos: torch.Tensor, parked: torch.Tensor, last: int) -> torch.Tensor:
@@ -300,13 +326,14 @@ def first_tree(point: Point, max_tree_depth: int) -> Tree:
     return start_tree(point, torch.zeros_like(point.logp), subtree_slots(max_tree_depth))
 
 
-def example_advance(point: Point, metric: Metric, keys: torch.Tensor, max_tree_depth: int) -> tuple:
-    """Arguments of ``advance`` for chains about to start, laid out as every later call's: what a compiled
-    call is traced at."""
-    start = torch.full_like(point.logp, -1, dtype=torch.long)
-    return (first_tree(point, max_tree_depth), start, torch.zeros_like(start, dtype=torch.bool),
-            torch.full_like(point.logp, 1e-3), metric.inverse_mass, torch.ones_like(point.z), keys,
-            torch.zeros_like(start), schedule(max_tree_depth, point.z.device))
+def example_advance(point: Point, metric: Metric, block: int, keys: torch.Tensor, max_tree_depth: int) -> tuple:
+    """Arguments of ``advance`` for chains about to start, with normals for ``block`` transitions, laid out as
+    every later call's: what a compiled call is traced at."""
+    none = torch.zeros_like(point.logp, dtype=torch.long)
+    normals = torch.ones_like(point.z).unsqueeze(1).repeat(1, block, 1)
+    return (first_tree(point, max_tree_depth), Progress(none - 1, none.clone(), none.clone()),
+            torch.tensor(1, device=none.device), torch.full_like(point.logp, 1e-3), metric.inverse_mass,
+            Momenta(metric.momentum_factor, normals, none.clone()), keys, schedule(max_tree_depth, point.z.device))
 
 
 class Transition(NamedTuple):
