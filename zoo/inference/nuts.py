@@ -93,7 +93,7 @@ class _NUTSRun(ChainRun):
         self.tree = first_tree(self.point, config.max_tree_depth)
         none = torch.zeros_like(self.leapfrogs)
         self.progress = Progress(none - 1, none, self.leapfrogs)
-        self.momenta = Momenta(self.metric.momentum_factor, self._normals(none), none)
+        self.momenta = Momenta(self.metric.momentum_factor, self._normals(none), none.clone())  # no aliasing
         self.calls = 0  # since the normals were drawn
         self.barriers = sorted({end for _, end in self.windows} | {self.num_warmup, self.num_warmup + num_samples})
         self.table = schedule(config.max_tree_depth, self.point.z.device)
@@ -113,7 +113,8 @@ class _NUTSRun(ChainRun):
         while True:
             if self.calls == self.block:
                 done = self.progress.done
-                self.momenta, self.calls = self.momenta._replace(normals=self._normals(done), first=done), 0
+                self.momenta = self.momenta._replace(normals=self._normals(done), first=done.clone())
+                self.calls = 0
             self.tree, self.progress, finished, moved = self.move(
                 self.tree, self.progress, barrier, self.step_size, self.metric.inverse_mass, self.momenta,
                 self.random.keys, self.table)
