@@ -13,7 +13,8 @@ from zoo.inference._random import ChainRandom
 from zoo.inference.adaptation import DualAveraging, MassEstimate, warmup_windows
 from zoo.inference.batched import Kept
 from zoo.inference.chees import _ChEESRun, halton
-from zoo.inference.trajectory import Metric, Point, _checkpoints, grow, schedule, start_tree
+from zoo.inference.traced import close
+from zoo.inference.trajectory import Metric, Point, _checkpoints, advance, example_advance, grow, schedule, start_tree
 
 
 def test_warmup_windows_are_stans():
@@ -57,6 +58,20 @@ def test_a_chain_that_is_not_going_changes_nothing():
     for a, b in leaves:
         assert torch.equal(a[..., 1, :] if a.dim() == 3 else a[1], b[..., 1, :] if b.dim() == 3 else b[1])
     assert int(moved.n_steps[0]) == 1 and int(moved.depth[0]) == 1
+
+
+def test_a_run_of_leaves_hands_back_what_it_was_given():
+    # its outputs are fed to the next call, which a compiled run is specialised to: same dtypes, contiguous
+    z = torch.randn(3, 2)
+    density = lambda z: (-z.pow(2).sum(-1), -2 * z)  # noqa: E731
+    point = Point(z, torch.zeros_like(z), *density(z))
+    given = example_advance(point, Metric(torch.ones(3, 2)), 4, ChainRandom(0, 3).keys, 5)
+    tree, progress, finished, _ = advance(*given, density=density)
+    for before, after in zip(torch.utils._pytree.tree_leaves(given[:2]),
+                             torch.utils._pytree.tree_leaves((tree, progress)), strict=True):
+        assert after.dtype == before.dtype and after.shape == before.shape and after.is_contiguous()
+    assert torch.equal(progress.done, finished.long())  # each chain's first trajectory ended in 8 leaves or not
+    assert not close(torch.tensor([1]), torch.tensor([1.0]))  # the compile check sees a dtype change
 
 
 def test_kept_draws_are_each_chains_own_in_order():
