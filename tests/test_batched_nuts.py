@@ -49,7 +49,7 @@ def test_the_schedule_places_each_leaf_in_its_doubling():
 def test_a_chain_that_is_not_going_changes_nothing():
     z = torch.randn(3, 2)
     start = Point(z, torch.randn(3, 2), -z.pow(2).sum(-1), -2 * z)
-    tree = start_tree(start, -start.logp, slots=3)
+    tree = start_tree(start, -start.logp, tuple(torch.zeros(3, 3, 2) for _ in range(3)))
     going = torch.tensor([True, False, True])
     at = schedule(4, z.device).at(torch.tensor([0, 0, 0]), going)  # leaf 0 opens and closes doubling 0
     moved = grow(tree, torch.full((3,), 0.1), Metric(torch.ones(3, 2)).inverse_mass, torch.rand(3, 3), at,
@@ -75,7 +75,7 @@ def test_a_run_of_leaves_hands_back_what_it_was_given():
 
 
 def test_kept_draws_are_each_chains_own_in_order():
-    kept = Kept(3)
+    kept = Kept(3, 2)
     kept.put({"x": torch.tensor([1.0, 10.0])})
     kept.put({"x": torch.tensor([2.0, 20.0])}, torch.tensor([True, False]))
     assert kept.complete() == 1

@@ -121,15 +121,13 @@ class Kept:
     """Each chain's draws and per-draw stats in the order that chain made them (chains may finish their
     iterations at different times), handed back as the first n of every chain, where all have n."""
 
-    def __init__(self, rows: int):
-        self.rows, self.values, self.count, self.index = rows, {}, None, None
+    def __init__(self, rows: int, chains: int, device=None):
+        self.rows, self.values = rows, {}
+        self.count = torch.zeros(chains, dtype=torch.long, device=device)
+        self.index = torch.arange(chains, device=device)
 
     def put(self, values: dict[str, torch.Tensor], chains: torch.Tensor | None = None) -> None:
         """Append each chain's values (C, ...) to its rows; of the ``chains`` (a mask) alone if given."""
-        first = next(iter(values.values()))
-        if self.count is None:
-            self.count = torch.zeros(first.shape[0], dtype=torch.long, device=first.device)
-            self.index = torch.arange(first.shape[0], device=first.device)
         row = self.count if chains is None else torch.where(chains, self.count, self.rows)
         for name, value in values.items():
             if name not in self.values:  # one row past the end takes the values of chains not kept
@@ -139,7 +137,7 @@ class Kept:
 
     def complete(self) -> int:
         """Draws that every chain has."""
-        return 0 if self.count is None else int(self.count.min())
+        return int(self.count.min())
 
     def first(self, n: int) -> dict[str, torch.Tensor]:
         return {name: value[:, :n] for name, value in self.values.items()}
@@ -173,11 +171,13 @@ class ChainRun(ABC):
         self.num_warmup, self.num_samples = num_warmup, num_samples
         self.dense_mass, self.pooled_mass = dense_mass, pooled_mass
         self.metric = identity_metric(self.point, dense_mass)
+        # momenta are drawn for a block of iterations at once: a small draw costs its call, not its numbers
+        self.block = max(1, min(MOMENTA_BLOCK, 2**22 // self.point.z.numel()))  # at most 32 MB of normals
         self.move, self.mode = self.bind_move(density == "compiled")
         self.auto, self.compiled_from, self.checked = density == "auto", None, (0, 0)
         self.windows, self.window = warmup_windows(num_warmup), 0
         self.mass = MassEstimate(*self.point.z.shape, dense_mass, pooled_mass, self.point.z, self.pool)
-        self.kept = Kept(num_samples)
+        self.kept = Kept(num_samples, self.point.z.shape[0], self.point.z.device)
         self.leapfrogs = torch.zeros(self.point.z.shape[0], dtype=torch.long, device=self.point.z.device)
         self.step_size = self.search_step_size(torch.ones_like(self.point.logp), 0)
         self.normals, self.normals_from = None, None
@@ -189,15 +189,18 @@ class ChainRun(ABC):
             return list(tensors)
         return list(distributed.gather_chains(dict(enumerate(tensors)), world).values())
 
+    def normals_block(self, first: torch.Tensor) -> torch.Tensor:
+        """Each chain's standard normals for its iterations ``first .. first + block - 1`` (C, block, D), at
+        their counters: each the number its counter gives alone, so a chain's stream is unchanged."""
+        counters = (first.unsqueeze(-1) + torch.arange(self.block, device=first.device)) * SLOTS
+        return self.random.normal_per_chain(counters, self.point.z.shape[1], self.point.z.dtype)
+
     def momentum(self, t: int) -> torch.Tensor:
-        """Iteration t's momenta under the current metric, from standard normals drawn for a block of
-        iterations at once (each the number its counter gives alone, so a chain's stream is unchanged)."""
-        chains, dim = self.point.z.shape
-        block = max(1, min(MOMENTA_BLOCK, 2**22 // (chains * dim)))  # at most 32 MB of normals
-        first = t - t % block
+        """Iteration t's momenta under the current metric (every chain at iteration t)."""
+        first = t - t % self.block
         if self.normals_from != first:
-            counters = torch.arange(first, first + block, device=self.point.z.device) * SLOTS
-            self.normals, self.normals_from = self.random.normal(counters, dim, self.point.z.dtype), first
+            self.normals = self.normals_block(torch.full_like(self.leapfrogs, first))
+            self.normals_from = first
         return self.metric.momentum(self.normals[:, t - first])
 
     def keep(self, stats: dict[str, torch.Tensor], chains: torch.Tensor | None = None) -> None:

@@ -11,7 +11,7 @@ import torch
 from .._errors import ZooError
 from ._base import FitResult, check_positive, register_backend
 from .adaptation import DualAveraging
-from .batched import MOMENTA_BLOCK, ChainRun, Chains, check_chain_options, start_chains
+from .batched import ChainRun, Chains, check_chain_options, start_chains
 from .trajectory import SLOTS, Momenta, Progress, Transition, advance, example_advance, first_tree, schedule
 
 
@@ -83,9 +83,6 @@ class _NUTSRun(ChainRun):
 
     def __init__(self, config: NUTS, chains: Chains, num_samples: int):
         self.config = config
-        count, dim = chains.point.z.shape
-        # each chain's normals for its next `block` transitions (a chain finishes at most one per call)
-        self.block = max(1, min(MOMENTA_BLOCK, 2**22 // (count * dim)))
         super().__init__(chains, config.num_warmup, num_samples, config.dense_mass, config.pooled_mass,
                          config.density)
         self.adapt = DualAveraging(config.target_accept, self.step_size.log())
@@ -93,30 +90,24 @@ class _NUTSRun(ChainRun):
         self.tree = first_tree(self.point, config.max_tree_depth)
         none = torch.zeros_like(self.leapfrogs)
         self.progress = Progress(none - 1, none, self.leapfrogs)
-        self.momenta = Momenta(self.metric.momentum_factor, self._normals(none), none.clone())  # no aliasing
+        # each chain's normals for its next `block` transitions (a chain finishes at most one per call)
+        self.normals, self.normals_from = self.normals_block(none), none.clone()  # no tensor is two inputs
         self.calls = 0  # since the normals were drawn
         self.barriers = sorted({end for _, end in self.windows} | {self.num_warmup, self.num_warmup + num_samples})
         self.table = schedule(config.max_tree_depth, self.point.z.device)
-
-    def _normals(self, first: torch.Tensor) -> torch.Tensor:
-        """Each chain's standard normals for its transitions ``first .. first + block - 1`` (C, block, D), drawn
-        here rather than in the compiled step: inductor's C++ code hashed rows of 20 and 24 int64 columns
-        wrongly past the 16th (torch 2.13; right for 3, 8, 16 and 32)."""
-        counters = (first.unsqueeze(-1) + torch.arange(self.block, device=first.device)) * SLOTS
-        return self.chains.random.normal_per_chain(counters, self.chains.point.z.shape[1],
-                                                   self.chains.point.z.dtype)
 
     def step(self, t: int) -> None:
         """Leaves of every chain's trajectory until each has finished transition t; a chain ahead goes on
         up to the next barrier."""
         barrier = torch.tensor(next(b for b in self.barriers if b > t), device=self.point.z.device)
         while True:
-            if self.calls == self.block:
+            if self.calls == self.block:  # drawn on the host: inductor's C++ code hashed rows of 20 and 24
+                # int64 columns wrongly past the 16th (torch 2.13; right for 3, 8, 16 and 32)
                 done = self.progress.done
-                self.momenta = self.momenta._replace(normals=self._normals(done), first=done.clone())
-                self.calls = 0
+                self.normals, self.normals_from, self.calls = self.normals_block(done), done.clone(), 0
+            momenta = Momenta(self.metric.momentum_factor, self.normals, self.normals_from)
             self.tree, self.progress, finished, moved = self.move(
-                self.tree, self.progress, barrier, self.step_size, self.metric.inverse_mass, self.momenta,
+                self.tree, self.progress, barrier, self.step_size, self.metric.inverse_mass, momenta,
                 self.random.keys, self.table)
             self.calls += 1
             if bool(finished.any()):  # the one host sync of a call
@@ -127,7 +118,6 @@ class _NUTSRun(ChainRun):
         if self.window < len(self.windows) and t + 1 == self.windows[self.window][1]:
             # Stan: a new metric, a new step-size search, dual averaging restarted
             self.switch_metric()
-            self.momenta = self.momenta._replace(factor=self.metric.momentum_factor)
             self.step_size = self.search_step_size(self.step_size, t + 1)
             self.adapt.restart(self.step_size)
 

@@ -102,26 +102,35 @@ def _checkpoints(leaf: int) -> tuple[int, int]:
     return high - trailing + 1, high
 
 
-class Schedule(NamedTuple):
-    """Where each leaf falls in the trajectory, one row per leaf (or per chain, each at its own leaf): the
-    random counter of its doubling (an offset from the transition's) and the three columns it draws, whether
-    it opens or closes its doubling, and which checkpoint slots it stores (even leaves of a doubling) and
-    checks against (odd ones): these two (slots, leaves), one column per leaf, laid out as the checkpoints
-    (slots, C, D) that they mask."""
+class Leaf(NamedTuple):
+    """Where each chain's next leaf falls in its tree: whether it is a leaf at all (the chain is still
+    growing), whether it opens or closes its doubling, and the checkpoint slots it stores and checks against
+    (slots, C), laid out as the checkpoints (slots, C, D) that they mask."""
 
-    counter: torch.Tensor
-    columns: torch.Tensor
     live: torch.Tensor
     opens: torch.Tensor
     closes: torch.Tensor
     store: torch.Tensor
     check: torch.Tensor
 
-    def at(self, leaf: torch.Tensor, going: torch.Tensor) -> Schedule:
-        """Each chain's row at its ``leaf`` (C,); a chain not ``going`` is at no leaf, and changes nothing."""
-        rows = Schedule(*(a[leaf] for a in self[:-2]), self.store[:, leaf], self.check[:, leaf])
-        return rows._replace(live=going, opens=rows.opens & going, closes=rows.closes & going,
-                             store=rows.store & going, check=rows.check & going)
+
+class Schedule(NamedTuple):
+    """Where each leaf falls in the trajectory, one row per leaf: the random counter of its doubling (an
+    offset from the transition's) and the three columns it draws, whether it opens or closes its doubling, and
+    which checkpoint slots it stores (even leaves of a doubling) and checks against (odd ones): these two
+    (slots, leaves), one column per leaf."""
+
+    counter: torch.Tensor
+    columns: torch.Tensor
+    opens: torch.Tensor
+    closes: torch.Tensor
+    store: torch.Tensor
+    check: torch.Tensor
+
+    def at(self, leaf: torch.Tensor, going: torch.Tensor) -> Leaf:
+        """Each chain's place at its ``leaf`` (C,); a chain not ``going`` is at no leaf, and changes nothing."""
+        return Leaf(going, self.opens[leaf] & going, self.closes[leaf] & going, self.store[:, leaf] & going,
+                    self.check[:, leaf] & going)
 
 
 @lru_cache(maxsize=64)
@@ -137,10 +146,10 @@ def schedule(max_tree_depth: int, device: torch.device) -> Schedule:
         depth = (leaf + 1).bit_length() - 1
         j = leaf + 1 - 2**depth
         low, high = _checkpoints(j)
-        rows.append((1 + depth, (1, 2, 3 + j), True, j == 0, j == 2**depth - 1,
+        rows.append((1 + depth, (1, 2, 3 + j), j == 0, j == 2**depth - 1,
                      index == high if j % 2 == 0 else none, (index >= low) & (index <= high) if j % 2 else none))
-    counter, columns, live, opens, closes, store, check = zip(*rows, strict=True)
-    flags = (torch.tensor(f, device=device) for f in (counter, columns, live, opens, closes))
+    counter, columns, opens, closes, store, check = zip(*rows, strict=True)
+    flags = (torch.tensor(f, device=device) for f in (counter, columns, opens, closes))
     return Schedule(*flags, torch.stack(store, 1).to(device), torch.stack(check, 1).to(device))
 
 
@@ -184,37 +193,30 @@ class Tree(NamedTuple):
     energy0: torch.Tensor
 
 
-def start_tree(start: Point, energy0: torch.Tensor, slots: int) -> Tree:
-    """A trajectory of one point. No two of its tensors share memory: a compiled step is specialised to how
-    its inputs alias, and every later call gets distinct ones."""
-    copy = lambda: Point(*(a.clone() for a in start))  # noqa: E731
+def start_tree(start: Point, energy0: torch.Tensor, checkpoints: tuple[torch.Tensor, ...]) -> Tree:
+    """A trajectory of one point, with arrays for the momentum checkpoints (saved_r, saved_v, saved_sum) whose
+    values do not matter: a doubling stores every checkpoint it checks before it checks it."""
     logp = start.logp
     true = torch.ones_like(logp, dtype=torch.bool)
-    sub = Subtree(copy(), copy(), torch.full_like(logp, -torch.inf), torch.zeros_like(start.r), ~true,
-                  *(start.r.new_zeros(slots, *start.r.shape) for _ in range(3)))
-    return Tree(copy(), copy(), copy(), torch.zeros_like(logp), start.r.clone(), true, true.clone(), ~true,
-                torch.zeros_like(logp, dtype=torch.long), torch.zeros_like(logp), torch.zeros_like(logp), sub,
-                energy0.clone())
+    sub = Subtree(start, start, torch.full_like(logp, -torch.inf), torch.zeros_like(start.r), ~true, *checkpoints)
+    return Tree(start, start, start, torch.zeros_like(logp), start.r, true, true, ~true,
+                torch.zeros_like(logp, dtype=torch.long), torch.zeros_like(logp), torch.zeros_like(logp), sub, energy0)
 
 
 def restart(tree: Tree, r0: torch.Tensor, inverse_mass: torch.Tensor) -> Tree:
     """A new trajectory from each chain's point (the last one's proposal) with momenta ``r0``."""
     point = tree.proposal
     start = Point(point.z, r0, point.logp, point.grad)
-    fresh = start_tree(start, -point.logp + kinetic(inverse_mass, r0), tree.sub.saved_r.shape[0])
-    # a doubling stores every checkpoint it checks before it checks it: the old ones need no reset
-    saved = tree.sub
-    return fresh._replace(sub=fresh.sub._replace(saved_r=saved.saved_r, saved_v=saved.saved_v,
-                                                 saved_sum=saved.saved_sum))
+    return start_tree(start, -point.logp + kinetic(inverse_mass, r0), tree.sub[-3:])
 
 
-def grow(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, u: torch.Tensor, at: Schedule,
+def grow(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, u: torch.Tensor, at: Leaf,
          density: Density) -> Tree:
-    """One more leaf of every chain's trajectory, where ``at`` (each chain's row of a Schedule) puts it: a new
+    """One more leaf of every chain's trajectory, where ``at`` puts it: a new
     doubling's start, a leapfrog step, multinomial sampling of the proposal, the U-turn checks at the
     checkpoints the leaf closes, and at a doubling's end its merge into the tree. ``u`` (C, 3): the
     uniforms of its columns. A chain that has stopped keeps its tree."""
-    opens = at.opens.expand_as(tree.active)
+    opens = at.opens
     forward = torch.where(opens, u[:, 0] < 0.5, tree.forward)
     sub = tree.sub
     last = tree.right.where(forward, tree.left).where(opens, sub.last)
@@ -242,7 +244,7 @@ def grow(tree: Tree, step_size: torch.Tensor, inverse_mass: torch.Tensor, u: tor
     sub = Subtree(last, sub_proposal, sub_weight, sub_r_sum, invalid, saved_r, saved_v, saved_sum)
 
     # the doubling's end: its subtree joins the trajectory if it is valid, and the whole may have turned
-    closes = at.closes.expand_as(tree.active)
+    closes = at.closes
     was = tree.active
     right = last.where(was & forward, tree.right)
     left = last.where(was & ~forward, tree.left)
@@ -322,8 +324,11 @@ def _growing(tree: Tree, pos: torch.Tensor, parked: torch.Tensor, last: int) -> 
 
 
 def first_tree(point: Point, max_tree_depth: int) -> Tree:
-    """The tree of chains that have not started, at their starting points."""
-    return start_tree(point, torch.zeros_like(point.logp), subtree_slots(max_tree_depth))
+    """The tree of chains that have not started, at their starting points. No two of its tensors share
+    memory: a compiled step is specialised to how its inputs alias, and every later call gets distinct ones."""
+    checkpoints = tuple(point.r.new_zeros(subtree_slots(max_tree_depth), *point.r.shape) for _ in range(3))
+    tree = start_tree(point, torch.zeros_like(point.logp), checkpoints)
+    return torch.utils._pytree.tree_map(torch.clone, tree)
 
 
 def example_advance(point: Point, metric: Metric, block: int, keys: torch.Tensor, max_tree_depth: int) -> tuple:
